@@ -1,0 +1,1 @@
+"""The Textual workbench over diskllm.core."""
