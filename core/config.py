@@ -1,0 +1,92 @@
+"""config.toml: user settings. Top-level keys are ours; tables belong to other modules."""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import tomli_w
+
+from .atomic import atomic_write_text
+from .errors import DiskLLMError
+from .paths import Home
+
+KV_BACKENDS = ("ssd", "ram")
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ctx: int = 4096
+    kv_window: int = 4096
+    threads: int | None = None  # None = let llama-server choose
+    kv_backend: str = "ssd"
+    server_binary: str | None = None
+    # Sections owned by other modules ([registry], [keymap], ...), kept verbatim.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_KEYS = {f.name for f in fields(Config)} - {"extra"}
+
+
+def _check(cfg: Config, where: str) -> None:
+    def bad(key: str, why: str) -> DiskLLMError:
+        return DiskLLMError(f"{where}: '{key}' {why}")
+
+    if not isinstance(cfg.host, str) or not cfg.host:
+        raise bad("host", "must be a non-empty string")
+    for key in ("port", "ctx", "kv_window"):
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise bad(key, f"must be a positive integer, got {v!r}")
+    if not 1 <= cfg.port <= 65535:
+        raise bad("port", f"must be 1-65535, got {cfg.port}")
+    if cfg.threads is not None and (
+        not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads <= 0
+    ):
+        raise bad("threads", f"must be a positive integer, got {cfg.threads!r}")
+    if cfg.kv_backend not in KV_BACKENDS:
+        raise bad("kv_backend", f"must be one of {', '.join(KV_BACKENDS)}, got {cfg.kv_backend!r}")
+    if cfg.server_binary is not None and not isinstance(cfg.server_binary, str):
+        raise bad("server_binary", "must be a path string")
+
+
+def load_config(home: Home) -> Config:
+    """Read config.toml (missing file = defaults); DISKLLM_LLAMA_SERVER overrides server_binary."""
+    path = home.config_file
+    cfg = Config()
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise DiskLLMError(f"{path} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise DiskLLMError(f"cannot read {path}: {e.strerror}") from None
+        for key, value in data.items():
+            if isinstance(value, dict):
+                cfg.extra[key] = value
+            elif key in _KEYS:
+                setattr(cfg, key, value)
+            else:
+                raise DiskLLMError(
+                    f"{path}: unknown setting '{key}' (known: {', '.join(sorted(_KEYS))})"
+                )
+        _check(cfg, str(path))
+    env = os.environ.get("DISKLLM_LLAMA_SERVER")
+    if env:
+        cfg.server_binary = env
+    return cfg
+
+
+def save_config(home: Home, cfg: Config) -> None:
+    _check(cfg, "config")
+    data: dict[str, Any] = {}
+    for key in sorted(_KEYS):
+        v = getattr(cfg, key)
+        if v is not None:  # TOML has no null: unset = absent
+            data[key] = v
+    for key, table in cfg.extra.items():
+        data[key] = table
+    atomic_write_text(home.config_file, tomli_w.dumps(data))

@@ -1,0 +1,62 @@
+"""Where DiskLLM keeps its files."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def kv_cache(self) -> Path:
+        return self.root / "kv_cache"
+
+    @property
+    def sessions(self) -> Path:
+        return self.root / "sessions"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def run(self) -> Path:
+        """Registry of running servers (one JSON file per pid)."""
+        return self.root / "run"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.toml"
+
+    @classmethod
+    def from_env(cls) -> "Home":
+        env = os.environ.get("DISKLLM_HOME")
+        root = Path(env).expanduser() if env else Path.home() / ".diskllm"
+        return cls(root.absolute())
+
+    def ensure(self) -> "Home":
+        for d in (self.root, self.models, self.kv_cache, self.sessions,
+                  self.logs, self.bin, self.src, self.run):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def build_cache_dir(home: Home) -> Path:
+    """Where built llama-server binaries live; tests share one via the env var."""
+    env = os.environ.get("DISKLLM_BUILD_CACHE")
+    return Path(env).expanduser().absolute() if env else home.bin
