@@ -1,0 +1,69 @@
+"""The llama.cpp pin (llama.cpp/pin.toml) and our patch series (patches/*.patch).
+
+Both ship as package data of `diskllm` (the repo root), so they resolve the
+same way from a checkout, an editable install and a normal install.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskllm
+
+from .errors import DiskLLMError
+
+
+def package_root() -> Path:
+    return Path(diskllm.__file__).resolve().parent
+
+
+def pin_file() -> Path:
+    return package_root() / "llama.cpp" / "pin.toml"
+
+
+def patches_dir() -> Path:
+    return package_root() / "patches"
+
+
+@dataclass(frozen=True)
+class Pin:
+    package: str
+    version: str
+    sha256: str
+    subdir: str
+    llama_cpp_commit: str
+    target: str
+    cmake_flags: tuple[str, ...]
+
+    @property
+    def sdist_name(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}.tar.gz"
+
+
+def load_pin(path: Path | None = None) -> Pin:
+    path = path or pin_file()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        pin, build = data["pin"], data["build"]
+        return Pin(
+            package=pin["package"],
+            version=pin["version"],
+            sha256=pin["sha256"].lower(),
+            subdir=pin["subdir"],
+            llama_cpp_commit=pin.get("llama_cpp_commit", ""),
+            target=build.get("target", "llama-server"),
+            cmake_flags=tuple(build["cmake_flags"]),
+        )
+    except FileNotFoundError:
+        raise DiskLLMError(f"pin file missing: {path} (broken install?)") from None
+    except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
+        raise DiskLLMError(f"invalid pin file {path}: {e}") from None
+
+
+def patch_files(directory: Path | None = None) -> list[Path]:
+    """The patch series in apply order (sorted by file name)."""
+    directory = directory or patches_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.patch") if p.is_file())
