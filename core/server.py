@@ -1,0 +1,371 @@
+"""Start, watch and stop llama-server processes; registry of running servers.
+
+Async-first so the TUI can await it. The server is started with Popen (not an
+asyncio subprocess) on purpose: asyncio kills its children when the loop
+closes, and a `run --headless` or TUI-started server must outlive any loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import psutil
+
+from .atomic import atomic_write_text
+from .build import server_supports_kv_flags
+from .errors import DiskLLMError
+from .paths import Home
+
+Progress = Callable[[str], None]
+PORT_SCAN = 100  # how far past the default port to look for a free one
+
+
+@dataclass
+class ServerOptions:
+    model_path: Path
+    ctx: int = 4096
+    host: str = "127.0.0.1"
+    port: int = 8080
+    port_explicit: bool = False
+    kv_backend: str = "ssd"
+    kv_window: int = 4096
+    threads: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+    parallel: int = 1
+    model_name: str | None = None  # shown in `ps`; default: file stem
+
+    @property
+    def name(self) -> str:
+        return self.model_name or Path(self.model_path).stem
+
+
+@dataclass
+class ServerEntry:
+    """One running server, as stored in home.run/<pid>.json."""
+    pid: int
+    port: int
+    host: str
+    model: str
+    model_path: str
+    ctx: int
+    kv_backend: str
+    kv_window: int
+    binary: str
+    log: str
+    started_at: float
+    create_time: float  # psutil create_time: tells our process from a reused pid
+    argv: list[str]
+
+    @property
+    def connect_host(self) -> str:
+        return _connect_host(self.host)
+
+    @property
+    def base_url(self) -> str:
+        h = self.connect_host
+        h = f"[{h}]" if ":" in h else h
+        return f"http://{h}:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.base_url + "/v1"
+
+
+@dataclass
+class RunningServer:
+    entry: ServerEntry
+    process: subprocess.Popen | None = None  # set when started by this process
+
+    @property
+    def pid(self) -> int:
+        return self.entry.pid
+
+    @property
+    def base_url(self) -> str:
+        return self.entry.base_url
+
+
+def _connect_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # Same option llama-server (cpp-httplib) sets, so TIME_WAIT does not count as busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise DiskLLMError(f"cannot bind {host}:{port}: {e.strerror}") from None
+    return True
+
+
+def pick_port(host: str, port: int, explicit: bool) -> int:
+    if port_is_free(host, port):
+        return port
+    if explicit:
+        raise DiskLLMError(f"port {port} on {host} is in use")
+    for p in range(port + 1, min(port + 1 + PORT_SCAN, 65536)):
+        if port_is_free(host, p):
+            return p
+    raise DiskLLMError(f"no free port in {port}-{port + PORT_SCAN} on {host}")
+
+
+def build_argv(home: Home, opts: ServerOptions, binary: Path, port: int | None = None) -> list[str]:
+    """The exact llama-server command line for these options."""
+    argv = [
+        str(binary), "-m", str(opts.model_path), "-c", str(opts.ctx), "-ngl", "0",
+        "--host", opts.host, "--port", str(port if port is not None else opts.port),
+        "--slot-save-path", str(home.sessions), "--metrics", "--parallel", str(opts.parallel),
+    ]
+    if opts.threads:
+        argv += ["-t", str(opts.threads)]
+    if server_supports_kv_flags(binary):
+        argv += ["--kv-backend", opts.kv_backend, "--kv-path", str(home.kv_cache),
+                 "--kv-window", str(opts.kv_window)]
+    elif opts.kv_backend != "ram":
+        raise DiskLLMError(
+            f"{binary} has no SSD KV backend (no --kv-backend flag); "
+            "use --kv-backend ram, or 'diskllm build' the patched server"
+        )
+    return argv + list(opts.extra_args)
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s)[:60] or "model"
+
+
+_NOISE = re.compile(r"^\s*[.]*\s*$")
+
+
+def log_tail(path: Path, n: int = 5) -> list[str]:
+    """Last n meaningful lines of a server log."""
+    try:
+        data = path.read_bytes()[-64 * 1024:].decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    lines = [ln.strip() for ln in data.splitlines() if not _NOISE.match(ln)]
+    return lines[-n:]
+
+
+async def start_server(
+    home: Home,
+    opts: ServerOptions,
+    binary: Path,
+    progress: Progress | None = None,
+    *,
+    timeout: float = 120.0,
+) -> RunningServer:
+    """Start llama-server, wait until /health says 200, register it."""
+    home.ensure()
+    port = pick_port(opts.host, opts.port, opts.port_explicit)
+    argv = build_argv(home, opts, binary, port)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_path = home.logs / f"server-{_safe_name(opts.name)}-{port}-{stamp}.log"
+    if progress:
+        progress(f"starting llama-server on {opts.host}:{port} (log: {log_path})")
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in our terminal must not hit it directly
+            )
+        except OSError as e:
+            raise DiskLLMError(f"cannot start {binary}: {e.strerror}") from None
+    try:
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        create_time = 0.0
+    entry = ServerEntry(
+        pid=proc.pid, port=port, host=opts.host, model=opts.name,
+        model_path=str(opts.model_path), ctx=opts.ctx, kv_backend=opts.kv_backend,
+        kv_window=opts.kv_window, binary=str(binary), log=str(log_path),
+        started_at=time.time(), create_time=create_time, argv=argv,
+    )
+    server = RunningServer(entry, proc)
+    try:
+        await _wait_healthy(server, log_path, timeout, progress)
+    except BaseException:
+        _kill_now(proc)
+        raise
+    atomic_write_text(home.run / f"{proc.pid}.json", json.dumps(asdict(entry), indent=2))
+    return server
+
+
+async def _wait_healthy(server: RunningServer, log_path: Path, timeout: float, progress: Progress | None) -> None:
+    proc = server.process
+    assert proc is not None
+    url = server.base_url + "/health"
+    deadline = time.monotonic() + timeout
+    said_loading = False
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                tail = " | ".join(log_tail(log_path)) or "no output"
+                raise DiskLLMError(f"llama-server exited at start (code {rc}): {tail} (log: {log_path})")
+            with contextlib.suppress(httpx.TransportError):
+                r = await client.get(url)
+                if r.status_code == 200:
+                    return
+                if r.status_code == 503 and progress and not said_loading:
+                    progress("loading model...")
+                    said_loading = True
+            if time.monotonic() > deadline:
+                tail = " | ".join(log_tail(log_path)) or "no output"
+                raise DiskLLMError(f"llama-server not healthy after {timeout:.0f}s: {tail} (log: {log_path})")
+            await asyncio.sleep(0.2)
+
+
+def _kill_now(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def _is_alive(entry: ServerEntry) -> bool:
+    try:
+        p = psutil.Process(entry.pid)
+        if entry.create_time and abs(p.create_time() - entry.create_time) > 1.0:
+            return False  # pid reused by another process
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _load_entry(path: Path) -> ServerEntry | None:
+    try:
+        return ServerEntry(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def list_servers(home: Home) -> list[ServerEntry]:
+    """Running servers from the registry; entries of dead processes are removed."""
+    out = []
+    if not home.run.is_dir():
+        return out
+    for path in sorted(home.run.glob("*.json")):
+        entry = _load_entry(path)
+        if entry is None or not _is_alive(entry):
+            path.unlink(missing_ok=True)
+            continue
+        out.append(entry)
+    return sorted(out, key=lambda e: e.started_at)
+
+
+def _entry_file(entry: ServerEntry) -> Path:
+    # The log lives in home.logs; the registry is its sibling home.run.
+    return Path(entry.log).parent.parent / "run" / f"{entry.pid}.json"
+
+
+async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; remove the registry entry."""
+    popen = entry.process if isinstance(entry, RunningServer) else None
+    if isinstance(entry, RunningServer):
+        entry = entry.entry
+    try:
+        if _is_alive(entry):
+            proc = psutil.Process(entry.pid)
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _is_alive(entry):
+                await asyncio.sleep(0.1)
+            if _is_alive(entry):
+                proc.send_signal(signal.SIGKILL)
+                while _is_alive(entry):
+                    await asyncio.sleep(0.05)
+    except psutil.NoSuchProcess:
+        pass
+    finally:
+        if popen is not None:  # reap our own child
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=5)
+        _entry_file(entry).unlink(missing_ok=True)
+
+
+# --- memory ---------------------------------------------------------------
+
+@dataclass
+class MemoryInfo:
+    rss: int
+    rss_anon: int  # private RAM
+    rss_file: int
+    rss_shmem: int
+    vm_hwm: int
+
+
+def memory_of(pid: int) -> MemoryInfo:
+    """Memory counters from /proc/PID/status (psutil has no RssAnon/RssFile)."""
+    fields: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                    fields[key] = int(rest.split()[0]) * 1024
+    except FileNotFoundError:
+        raise DiskLLMError(f"no process {pid}") from None
+    if "RssAnon" not in fields:  # very old kernels: derive it from psutil
+        mi = psutil.Process(pid).memory_info()
+        fields.setdefault("RssAnon", mi.rss - mi.shared)
+        fields.setdefault("RssFile", mi.shared)
+    return MemoryInfo(
+        rss=fields.get("VmRSS", 0), rss_anon=fields.get("RssAnon", 0),
+        rss_file=fields.get("RssFile", 0), rss_shmem=fields.get("RssShmem", 0),
+        vm_hwm=fields.get("VmHWM", 0),
+    )
+
+
+def kv_mapping_resident(pid: int, kv_dir: Path) -> int:
+    """Resident bytes of the mappings whose file lies under kv_dir (/proc/PID/smaps)."""
+    prefix = str(Path(kv_dir).resolve()).rstrip("/") + "/"
+    total = 0
+    inside = False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                first = line.split(None, 1)[0]
+                if "-" in first and not first.endswith(":"):  # mapping header line
+                    parts = line.split(None, 5)
+                    path = parts[5].strip() if len(parts) > 5 else ""
+                    path = path.removesuffix(" (deleted)")
+                    inside = path.startswith(prefix)
+                elif inside and first == "Rss:":
+                    total += int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        return 0
+    return total
+
+
+def kv_files(kv_dir: Path, pid: int) -> list[Path]:
+    """KV files of this server; the patch names them diskllm-kv-<pid>-<ctx>-<tag>.bin."""
+    d = Path(kv_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_file() and f"-{pid}-" in p.name)
+
+
+def kv_disk_bytes(kv_dir: Path, pid: int) -> int:
+    """Bytes actually allocated on disk (sparse files count only written blocks)."""
+    total = 0
+    for p in kv_files(kv_dir, pid):
+        with contextlib.suppress(OSError):
+            total += p.stat().st_blocks * 512
+    return total
