@@ -1,0 +1,71 @@
+"""`diskllm` command line: argparse front end; verbs live in COMMAND_MODULES."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from .errors import DiskLLMError
+
+# Each module has register(subparsers) and sets `func` (args -> int | None) on its parsers.
+COMMAND_MODULES = [
+    "diskllm.core.cli_server",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diskllm",
+        description="Run GGUF models with llama.cpp, the KV cache on SSD.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _logs_hint() -> str:
+    try:
+        from .paths import Home
+        return f"logs in {Home.from_env().logs}"
+    except Exception:  # the hint must never fail
+        return "logs in ~/.diskllm/logs"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = os.environ.get("DISKLLM_DEBUG") == "1"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        func = getattr(args, "func", None)
+        if func is None:  # bare `diskllm` (the TUI issue will open the TUI here)
+            parser.print_help()
+            return 0
+        return int(func(args) or 0)
+    except DiskLLMError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `diskllm ps | head`
+        return 1
+    except Exception as e:  # a bug: one line unless debugging
+        if debug:
+            traceback.print_exc()
+        else:
+            print(
+                f"error: unexpected {type(e).__name__}: {e} "
+                f"({_logs_hint()}; DISKLLM_DEBUG=1 shows the traceback)",
+                file=sys.stderr,
+            )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

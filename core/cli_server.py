@@ -1,0 +1,308 @@
+"""CLI verbs for the server: build, run, ps, stop, chat."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .build import ensure_server
+from .chat import ChatDelta, ChatDone, stream_chat
+from .config import KV_BACKENDS, Config, load_config
+from .errors import DiskLLMError
+from .gguf_info import read_gguf_info
+from .paths import Home
+from .server import (
+    RunningServer, ServerEntry, ServerOptions, build_argv, list_servers, memory_of,
+    start_server, stop_server,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build the pinned llama-server (patched, or --stock)")
+    p.add_argument("--stock", action="store_true", help="unpatched baseline for benchmarks")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("run", help="start a server for MODEL and chat with it")
+    p.add_argument("model", metavar="MODEL|PATH")
+    _server_flags(p)
+    p.add_argument("--headless", action="store_true", help="serve only; Ctrl-C stops the server")
+    p.add_argument("--dry-run", action="store_true", help="print the llama-server command and exit")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ps", help="list running servers")
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("stop", help="stop the servers of MODEL (or --all)")
+    p.add_argument("model", nargs="?", metavar="MODEL|PATH")
+    p.add_argument("--all", action="store_true", help="stop every running server")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("chat", help="chat with MODEL (reuses its running server)")
+    p.add_argument("model", metavar="MODEL|PATH")
+    p.add_argument("--no-start", action="store_true", help="fail instead of starting a server")
+    _server_flags(p)
+    p.set_defaults(func=cmd_chat)
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ctx", type=int, help="context size in tokens (config: ctx)")
+    p.add_argument("--port", type=int, help="port; busy -> error (config: port, busy -> next free)")
+    p.add_argument("--host", help="bind address (config: host)")
+    p.add_argument("--kv-backend", choices=KV_BACKENDS, help="KV cache on ssd or in ram (config: kv_backend)")
+    p.add_argument("--kv-window", type=int, help="tokens of KV kept hot in RAM (config: kv_window)")
+    p.add_argument("--threads", type=int, help="CPU threads (config: threads; default auto)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra llama-server argument (repeatable; use --server-arg=--flag)")
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# --- model resolution -----------------------------------------------------
+
+def resolve_model(home: Home, spec: str) -> tuple[Path, str]:
+    """MODEL|PATH -> (gguf path, display name)."""
+    p = Path(spec).expanduser()
+    looks_like_path = p.exists() or spec.endswith(".gguf") or "/" in spec or spec.startswith(".")
+    if looks_like_path:
+        if not p.exists():
+            raise DiskLLMError(f"{spec}: no such file")
+        if p.is_dir():
+            raise DiskLLMError(f"{spec} is a directory, not a .gguf file")
+        return p.resolve(), p.stem
+    model = None
+    try:
+        from .model_index import ModelIndex  # lands with the pull issue
+    except ImportError:
+        ModelIndex = None  # type: ignore[assignment,misc]
+    if ModelIndex is not None:
+        index = ModelIndex(home)
+        find = getattr(index, "find", None)
+        if find is not None:
+            model = find(spec)
+        else:
+            try:
+                model = index.get(spec)
+            except DiskLLMError:
+                model = None
+    if model is None:
+        raise DiskLLMError(f"unknown model '{spec}' (not a file, not installed; try 'diskllm pull {spec}')")
+    return Path(model.path), getattr(model, "name", spec)
+
+
+def _options(cfg: Config, args: argparse.Namespace, path: Path, name: str) -> ServerOptions:
+    for flag in ("ctx", "port", "kv_window", "threads"):
+        v = getattr(args, flag)
+        if v is not None and v <= 0:
+            raise DiskLLMError(f"--{flag.replace('_', '-')} must be a positive integer")
+    return ServerOptions(
+        model_path=path,
+        model_name=name,
+        ctx=args.ctx or cfg.ctx,
+        host=args.host or cfg.host,
+        port=args.port or cfg.port,
+        port_explicit=args.port is not None,
+        kv_backend=args.kv_backend or cfg.kv_backend,
+        kv_window=args.kv_window or cfg.kv_window,
+        threads=args.threads or cfg.threads,
+        extra_args=list(args.server_arg),
+    )
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Home, ServerOptions]:
+    home = Home.from_env().ensure()
+    cfg = load_config(home)
+    path, name = resolve_model(home, args.model)
+    read_gguf_info(path)  # a clear error now beats a cryptic server crash later
+    return home, _options(cfg, args, path, name)
+
+
+def _start(home: Home, opts: ServerOptions) -> RunningServer:
+    binary = asyncio.run(ensure_server(home, progress=_progress))
+    server = asyncio.run(start_server(home, opts, binary, progress=_progress))
+    e = server.entry
+    print(f"serving {e.model} at {e.base_url} (pid {e.pid}, ctx {e.ctx}, kv {e.kv_backend})", flush=True)
+    print(f"OpenAI base_url: {e.openai_base_url}", flush=True)
+    return server
+
+
+def _terminate_on_sigterm() -> None:
+    # `kill <diskllm pid>` must stop the server too: unwind through the finally blocks.
+    def handler(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+# --- verbs ----------------------------------------------------------------
+
+def cmd_build(args: argparse.Namespace) -> int:
+    home = Home.from_env().ensure()
+    path = asyncio.run(ensure_server(home, stock=args.stock, progress=_progress,
+                                     force=args.force, use_override=False))
+    print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    home, opts = _prepare(args)
+    if args.dry_run:
+        binary = asyncio.run(ensure_server(home, progress=_progress))
+        print(shlex.join(build_argv(home, opts, binary)))
+        return 0
+    _terminate_on_sigterm()
+    server = _start(home, opts)
+    try:
+        if args.headless:
+            print("press Ctrl-C to stop", flush=True)
+            entry_file = home.run / f"{server.pid}.json"
+            while server.process is None or server.process.poll() is None:
+                time.sleep(0.5)
+            if not entry_file.exists():  # `diskllm stop` ended it: a normal exit
+                print("server stopped", flush=True)
+                return 0
+            raise DiskLLMError(f"llama-server exited (code {server.process.returncode}); log: {server.entry.log}")
+        chat_repl(server.entry)
+    finally:
+        asyncio.run(stop_server(server))
+    return 0
+
+
+def _matches(entry: ServerEntry, home: Home, spec: str) -> bool:
+    if entry.model == spec:
+        return True
+    p = Path(spec).expanduser()
+    if p.exists() and str(p.resolve()) == entry.model_path:
+        return True
+    try:
+        path, _ = resolve_model(home, spec)
+    except DiskLLMError:
+        return False
+    return str(path) == entry.model_path
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    home = Home.from_env().ensure()
+    running = [e for e in list_servers(home) if _matches(e, home, args.model)]
+    if running:
+        chat_repl(running[-1])
+        return 0
+    if args.no_start:
+        raise DiskLLMError(f"no running server for '{args.model}' (start one: diskllm run {args.model} --headless)")
+    home, opts = _prepare(args)
+    _terminate_on_sigterm()
+    server = _start(home, opts)
+    try:
+        chat_repl(server.entry)
+    finally:
+        asyncio.run(stop_server(server))
+    return 0
+
+
+def chat_repl(entry: ServerEntry) -> None:
+    """Plain terminal chat; /bye or Ctrl-D ends it, Ctrl-C stops a reply."""
+    print(f"chatting with {entry.model}; /bye or Ctrl-D to quit, Ctrl-C stops a reply", flush=True)
+    messages: list[dict[str, str]] = []
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input(">>> " if interactive else "")
+        except EOFError:
+            print()
+            return
+        text = line.strip()
+        if text in ("/bye", "/exit", "/quit"):
+            return
+        if not text:
+            continue
+        messages.append({"role": "user", "content": line})
+        reply: list[str] = []
+        try:
+            done = asyncio.run(_one_turn(entry, messages, reply))
+        except KeyboardInterrupt:
+            print("\n[interrupted]", flush=True)
+            done = None
+        print(flush=True)
+        if done and done.timings and interactive:
+            t = done.timings
+            print(f"[{t.get('predicted_n', '?')} tokens, {t.get('predicted_per_second', 0):.1f} tok/s]",
+                  file=sys.stderr)
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+async def _one_turn(entry: ServerEntry, messages: list[dict[str, str]], reply: list[str]) -> ChatDone | None:
+    done = None
+    async for ev in stream_chat(entry.base_url, messages):
+        if isinstance(ev, ChatDelta):
+            reply.append(ev.text)
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+        else:
+            done = ev
+    return done
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _human_duration(s: float) -> str:
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def cmd_ps(args: argparse.Namespace) -> int:  # noqa: ARG001
+    home = Home.from_env()
+    rows = [("MODEL", "PID", "PORT", "CTX", "KV", "UPTIME", "PRIVATE RAM")]
+    now = time.time()
+    for e in list_servers(home):
+        try:
+            ram = _human_bytes(memory_of(e.pid).rss_anon)
+        except DiskLLMError:
+            ram = "-"
+        rows.append((e.model, str(e.pid), str(e.port), str(e.ctx), e.kv_backend,
+                     _human_duration(now - e.started_at), ram))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    home = Home.from_env()
+    servers = list_servers(home)
+    if args.all:
+        targets = servers
+    elif args.model:
+        targets = [e for e in servers if _matches(e, home, args.model)]
+        if not targets:
+            raise DiskLLMError(f"no running server for '{args.model}'")
+    elif len(servers) <= 1:
+        targets = servers
+    else:
+        raise DiskLLMError("several servers are running; name a MODEL or use --all")
+    if not targets:
+        print("no servers running")
+        return 0
+
+    async def stop_all() -> None:
+        await asyncio.gather(*(stop_server(e) for e in targets))
+    asyncio.run(stop_all())
+    for e in targets:
+        print(f"stopped {e.model} (pid {e.pid}, port {e.port})")
+    return 0
