@@ -66,6 +66,7 @@ async def run_pip(cmd: list[str], cancel: CancelToken, progress: Progress, dest:
     except asyncio.CancelledError:
         proc.kill()
         raise
+    cancel.check()  # Ctrl-C reaches pip too (same process group): report it as a cancel
     stdout = (out.result()[0] or b"").decode(errors="replace")
     if proc.returncode != 0:
         lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]

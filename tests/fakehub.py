@@ -62,9 +62,12 @@ class FakeHub:
     manifests: dict[str, bytes] = field(default_factory=dict)          # "ns/name:tag" -> manifest
     hf: dict[str, dict[str, Blob]] = field(default_factory=dict)       # repo -> path -> blob
     files: dict[str, Blob] = field(default_factory=dict)               # /files/{name}
-    drop_after: int | None = None
+    drop_after: int | None = None      # close each blob body after this many bytes
+    stall_after: int | None = None     # block each blob body after this many bytes until `release` is set
+    release: threading.Event = field(default_factory=threading.Event)
     body_bytes: int = 0
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    auth: list[tuple[str, str | None]] = field(default_factory=list)   # (path, Authorization)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
@@ -141,6 +144,13 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             limit = hub.drop_after
             while pos < end:
                 n = min(1 << 20, end - pos)
+                if hub.stall_after is not None and not hub.release.is_set():
+                    n = min(n, hub.stall_after - sent)
+                    if n <= 0:
+                        self.wfile.flush()
+                        hub.release.wait(60)
+                        self.close_connection = True
+                        return
                 if limit is not None:
                     n = min(n, limit - sent)
                     if n <= 0:
@@ -167,6 +177,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             path = unquote(url.path)
             with hub.lock:
                 hub.requests.append((self.command, path, self.headers.get("Range")))
+                hub.auth.append((path, self.headers.get("Authorization")))
             m = re.fullmatch(r"/v2/([^/]+)/([^/]+)/manifests/([^/]+)", path)
             if m:
                 body = hub.manifests.get(f"{m.group(1)}/{m.group(2)}:{m.group(3)}")
@@ -246,3 +257,51 @@ class FakeHubServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def write_split_gguf(src: Path, out_base: Path, n_parts: int) -> list[Path]:
+    """A real split GGUF (as llama.cpp's gguf-split writes it) via the gguf package:
+    the first part carries all metadata, every part a share of the tensors."""
+    import math
+
+    import gguf
+
+    r = gguf.GGUFReader(src)
+    arch = r.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    w = gguf.GGUFWriter(out_base, arch, split_max_tensors=math.ceil(len(r.tensors) / n_parts))
+    for f in r.fields.values():
+        if f.name == gguf.Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
+            continue
+        vt = f.types[0]
+        w.add_key_value(f.name, f.contents(), vt, sub_type=f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return sorted(out_base.parent.glob(out_base.stem + "-*-of-*.gguf"))
+
+
+def build_wheel(dest_dir: Path, project: str, version: str, members: dict[str, Path | bytes]) -> Path:
+    """A minimal valid wheel (METADATA, WHEEL, RECORD) that pip accepts from --find-links."""
+    import base64
+    import zipfile
+
+    dist = project.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    files: dict[str, bytes | Path] = dict(members)
+    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n".encode()
+    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: diskllm-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = []
+    out = dest_dir / f"{dist}-{version}-py3-none-any.whl"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for name, content in files.items():
+            data = content.read_bytes() if isinstance(content, Path) else content
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return out
