@@ -151,6 +151,7 @@ def _safe_name(s: str) -> str:
 
 
 _NOISE = re.compile(r"^\s*[.]*\s*$")
+_ERRORISH = re.compile(r"\b(error|failed|failure|invalid|unknown|cannot|unable|exception|what\(\)|abort)", re.I)
 
 
 def log_tail(path: Path, n: int = 5) -> list[str]:
@@ -160,7 +161,9 @@ def log_tail(path: Path, n: int = 5) -> list[str]:
     except OSError:
         return []
     lines = [ln.strip() for ln in data.splitlines() if not _NOISE.match(ln)]
-    return lines[-n:]
+    # When the server says why it failed, that beats its start-up chatter.
+    errors = [ln for ln in lines if _ERRORISH.search(ln)]
+    return (errors or lines)[-n:]
 
 
 async def start_server(

@@ -1,0 +1,130 @@
+"""Shared fixtures: one llama-server build per cache, real models, per-test homes."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from diskllm.core.build import ensure_server, server_supports_kv_flags
+from diskllm.core.paths import Home
+from diskllm.core.testmodels import fetch_gemma3, fetch_smollm2
+
+DEFAULT_BUILD_CACHE = Path.home() / ".cache" / "diskllm" / "build"
+
+
+@pytest.fixture(scope="session")
+def build_cache() -> Path:
+    """All tests (and their CLI subprocesses) share one build cache across runs."""
+    path = Path(os.environ.get("DISKLLM_BUILD_CACHE") or DEFAULT_BUILD_CACHE)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["DISKLLM_BUILD_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def build_home(build_cache: Path) -> Home:
+    """A persistent home for builds, so the sdist is downloaded once per machine."""
+    return Home(build_cache.parent / "build-home").ensure()
+
+
+def _build_progress(line: str) -> None:
+    # The terminal, not pytest's capture: a cold build takes minutes.
+    if line and not line[0].isspace() and "warning:" not in line:
+        print(f"[build] {line}", file=sys.__stderr__, flush=True)
+
+
+@pytest.fixture(scope="session")
+def server_binary(build_home: Home) -> Path:
+    """The PATCHED llama-server (patches/ applied), built on first use."""
+    return asyncio.run(ensure_server(build_home, progress=_build_progress, use_override=False))
+
+
+@pytest.fixture(scope="session")
+def kv_backend(server_binary: Path) -> str:
+    """ssd once the patch series provides it; ram on a server without --kv-backend."""
+    return "ssd" if server_supports_kv_flags(server_binary) else "ram"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return fetch_smollm2()
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    return fetch_gemma3()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build_cache: Path):
+    """A fresh DISKLLM_HOME per test; the build cache stays shared. Kills its servers after."""
+    h = Home(tmp_path / "home")
+    monkeypatch.setenv("DISKLLM_HOME", str(h.root))
+    monkeypatch.delenv("DISKLLM_LLAMA_SERVER", raising=False)
+    monkeypatch.setenv("DISKLLM_BUILD_CACHE", str(build_cache))
+    yield h
+    _kill_servers_of(h)
+
+
+def _kill_servers_of(h: Home) -> None:
+    # Every server we start gets --slot-save-path <home>/sessions: that identifies ours.
+    marker = str(h.sessions)
+    victims = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if marker in cmd:
+            victims.append(p)
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=10)
+
+
+@dataclass
+class CliResult:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [ln for ln in self.err.splitlines() if ln.strip()]
+
+
+def run_cli(*args: str, input: str | None = None, timeout: float = 600) -> CliResult:
+    """Run `diskllm ARGS` in a subprocess with the current environment."""
+    r = subprocess.run(
+        [sys.executable, "-m", "diskllm.core.cli", *args],
+        input=input, capture_output=True, text=True, timeout=timeout,
+    )
+    return CliResult(r.returncode, r.stdout, r.stderr)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_one_line_error(r: CliResult, contains: str = "") -> None:
+    assert r.rc != 0, (r.out, r.err)
+    assert "Traceback" not in r.err, r.err
+    lines = r.err_lines
+    assert len(lines) >= 1 and lines[-1].startswith("error: "), r.err
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, r.err
+    assert contains in errors[0], errors[0]
