@@ -13,6 +13,7 @@ from .errors import DiskLLMError
 # Each module has register(subparsers) and sets `func` (args -> int | None) on its parsers.
 COMMAND_MODULES = [
     "diskllm.core.cli_server",
+    "diskllm.core.cli_models",
 ]
 
 

@@ -67,31 +67,24 @@ def _progress(line: str) -> None:
 
 # --- model resolution -----------------------------------------------------
 
-def resolve_model(home: Home, spec: str) -> tuple[Path, str]:
-    """MODEL|PATH -> (gguf path, display name)."""
+def resolve_model(home: Home, spec: str, pull_missing: bool = True) -> tuple[Path, str]:
+    """MODEL|PATH -> (gguf path, display name); pulls a registry name that is not installed."""
     p = Path(spec).expanduser()
-    looks_like_path = p.exists() or spec.endswith(".gguf") or "/" in spec or spec.startswith(".")
+    # `ns/name:tag` and `hf.co/org/repo:Q4_K_M` are model names, not paths.
+    looks_like_path = p.exists() or spec.endswith(".gguf") or spec.startswith((".", "/", "~"))
     if looks_like_path:
         if not p.exists():
             raise DiskLLMError(f"{spec}: no such file")
         if p.is_dir():
             raise DiskLLMError(f"{spec} is a directory, not a .gguf file")
         return p.resolve(), p.stem
-    model = None
+    from .cli_models import pull_if_in_registry
+    from .model_index import ModelIndex
     try:
-        from .model_index import ModelIndex  # lands with the pull issue
-    except ImportError:
-        ModelIndex = None  # type: ignore[assignment,misc]
-    if ModelIndex is not None:
-        index = ModelIndex(home)
-        find = getattr(index, "find", None)
-        if find is not None:
-            model = find(spec)
-        else:
-            try:
-                model = index.get(spec)
-            except DiskLLMError:
-                model = None
+        model = ModelIndex(home).get(spec)  # follows registry aliases: smollm2 -> smollm2:135m
+    except DiskLLMError:
+        # like `ollama run`: pull a known name first
+        model = pull_if_in_registry(home, spec) if pull_missing else None
     if model is None:
         raise DiskLLMError(f"unknown model '{spec}' (not a file, not installed; try 'diskllm pull {spec}')")
     return Path(model.path), getattr(model, "name", spec)
@@ -182,7 +175,7 @@ def _matches(entry: ServerEntry, home: Home, spec: str) -> bool:
     if p.exists() and str(p.resolve()) == entry.model_path:
         return True
     try:
-        path, _ = resolve_model(home, spec)
+        path, _ = resolve_model(home, spec, pull_missing=False)
     except DiskLLMError:
         return False
     return str(path) == entry.model_path
