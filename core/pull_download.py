@@ -156,7 +156,7 @@ async def download_file(client: httpx.AsyncClient, job: FileJob, progress: Progr
         progress.emit(f"resuming {dest.name} at {_mb(offset)}")
         with open(part, "rb") as f:
             while data := await asyncio.to_thread(f.read, CHUNK * 8):
-                h.update(data)
+                await asyncio.to_thread(h.update, data)  # GBs of partial: keep the loop responsive
                 cancel.check()
         progress.done += offset
 

@@ -169,3 +169,22 @@ def test_ctrl_c_cancels_keeps_partial_exit_130(mhome, hub):
     assert "cancelled; the partial download is kept" in err and "Traceback" not in err
     assert part.stat().st_size == 30 << 20
     assert ModelIndex(mhome).all() == []
+
+
+def test_run_resolves_alias_and_pulls_registry_name_first(mhome, capsys):
+    """`diskllm run smollm2` on a fresh home pulls smollm2:135m first (like `ollama run`)."""
+    from diskllm.core.cli_server import resolve_model
+
+    write = mhome.config_file.read_text() + textwrap.dedent("""\
+        [[registry.models."smollm2:135m".sources]]
+        kind = "ollama"
+        ref = "library/smollm2:135m"
+        """)
+    mhome.config_file.write_text(write)
+    path, name = resolve_model(mhome, "smollm2")
+    assert name == "smollm2:135m" and path == ModelIndex(mhome).get("smollm2:135m").path
+    assert "smollm2 is not installed; pulling it" in capsys.readouterr().err
+    # installed now: resolving again does not pull
+    assert resolve_model(mhome, "smollm2:135m")[0] == path
+    with pytest.raises(Exception, match="unknown model 'nope:1'"):
+        resolve_model(mhome, "nope:1")
