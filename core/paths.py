@@ -52,7 +52,11 @@ class Home:
     def ensure(self) -> "Home":
         for d in (self.root, self.models, self.kv_cache, self.sessions,
                   self.logs, self.bin, self.src, self.run):
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                from .errors import DiskLLMError
+                raise DiskLLMError(f"cannot create {d} (DISKLLM_HOME={self.root}): {e.strerror}") from None
         return self
 
 

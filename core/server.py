@@ -67,6 +67,7 @@ class ServerEntry:
     started_at: float
     create_time: float  # psutil create_time: tells our process from a reused pid
     argv: list[str]
+    home: str = ""  # DISKLLM_HOME root, to find this entry's registry file
 
     @property
     def connect_host(self) -> str:
@@ -198,7 +199,7 @@ async def start_server(
         pid=proc.pid, port=port, host=opts.host, model=opts.name,
         model_path=str(opts.model_path), ctx=opts.ctx, kv_backend=opts.kv_backend,
         kv_window=opts.kv_window, binary=str(binary), log=str(log_path),
-        started_at=time.time(), create_time=create_time, argv=argv,
+        started_at=time.time(), create_time=create_time, argv=argv, home=str(home.root),
     )
     server = RunningServer(entry, proc)
     try:
@@ -274,8 +275,8 @@ def list_servers(home: Home) -> list[ServerEntry]:
 
 
 def _entry_file(entry: ServerEntry) -> Path:
-    # The log lives in home.logs; the registry is its sibling home.run.
-    return Path(entry.log).parent.parent / "run" / f"{entry.pid}.json"
+    root = Path(entry.home) if entry.home else Path(entry.log).parent.parent  # logs/ is in home
+    return Home(root).run / f"{entry.pid}.json"
 
 
 async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -> None:

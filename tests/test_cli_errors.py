@@ -86,3 +86,25 @@ def test_bad_flag_value(home: Home, smollm2_path: Path):
 def test_no_args_prints_help(home: Home):
     r = run_cli()
     assert r.rc == 0 and "usage: diskllm" in r.out
+
+
+def test_home_is_a_file(home: Home, monkeypatch, tmp_path: Path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    monkeypatch.setenv("DISKLLM_HOME", str(f))
+    assert_one_line_error(run_cli("build"), "cannot create")
+
+
+def test_unexpected_exception_is_one_line(home: Home, monkeypatch, capsys):
+    from diskllm.core import cli, cli_server
+
+    def boom(args):
+        raise RuntimeError("kaboom")
+    monkeypatch.setattr(cli_server, "cmd_ps", boom)
+    assert cli.main(["ps"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unexpected RuntimeError: kaboom") and "DISKLLM_DEBUG=1" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("DISKLLM_DEBUG", "1")
+    assert cli.main(["ps"]) == 1
+    assert "Traceback" in capsys.readouterr().err
