@@ -31,7 +31,7 @@ def build_cache() -> Path:
 @pytest.fixture(scope="session")
 def build_home(build_cache: Path) -> Home:
     """A persistent home for builds, so the sdist is downloaded once per machine."""
-    return Home(build_cache.parent / "build-home").ensure()
+    return Home(build_cache / ".home").ensure()
 
 
 def _build_progress(line: str) -> None:
