@@ -66,6 +66,7 @@ class FakeHub:
     stall_after: int | None = None     # block each blob body after this many bytes until `release` is set
     release: threading.Event = field(default_factory=threading.Event)
     body_bytes: int = 0
+    served: dict[str, int] = field(default_factory=dict)  # path -> payload bytes sent
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     auth: list[tuple[str, str | None]] = field(default_factory=list)   # (path, Authorization)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -166,6 +167,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     return
                 with hub.lock:
                     hub.body_bytes += len(data)
+                    hub.served[self.path] = hub.served.get(self.path, 0) + len(data)
                 sent += len(data)
                 pos += len(data)
 
