@@ -117,7 +117,7 @@ def _sleeping_server_entry(home: Home, model_path: Path) -> subprocess.Popen:
     entry = ServerEntry(pid=proc.pid, port=1, host="127.0.0.1", model="smollm2:135m",
                         model_path=str(model_path.resolve()), ctx=4096, kv_backend="ssd", kv_window=4096,
                         binary="llama-server", log=str(home.logs / "x.log"), started_at=time.time(),
-                        create_time=psutil.Process(proc.pid).create_time(), argv=[])
+                        create_time=psutil.Process(proc.pid).create_time(), argv=[], home=str(home.root))
     home.run.mkdir(parents=True, exist_ok=True)
     (home.run / f"{proc.pid}.json").write_text(__import__("json").dumps(dataclasses.asdict(entry)))
     return proc
