@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,16 +35,35 @@ def build_home(build_cache: Path) -> Home:
     return Home(build_cache / ".home").ensure()
 
 
-def _build_progress(line: str) -> None:
-    # The terminal, not pytest's capture: a cold build takes minutes.
-    if line and not line[0].isspace() and "warning:" not in line:
-        print(f"[build] {line}", file=sys.__stderr__, flush=True)
+_STEPS = ("building ", "using cached", "downloading", "extracting", "applying", "no patches",
+          "stock build", "configuring", "compiling", "installed", "waiting for")
+
+
+class _BuildReporter:
+    """Shows build steps and every 10% of compile progress on the real terminal."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.capman = config.pluginmanager.getplugin("capturemanager")
+        self.last_decile = -1
+
+    def __call__(self, line: str) -> None:
+        m = re.match(r"\[\s*(\d+)%\]", line)
+        if m:
+            decile = int(m.group(1)) // 10
+            if decile == self.last_decile:
+                return
+            self.last_decile = decile
+        elif not line.startswith(_STEPS):
+            return
+        with self.capman.global_and_fixture_disabled():
+            tail = "\n" if line.startswith("installed") else ""
+            print(f"\n[build] {line}", file=sys.stderr, flush=True, end=tail)
 
 
 @pytest.fixture(scope="session")
-def server_binary(build_home: Home) -> Path:
+def server_binary(build_home: Home, pytestconfig: pytest.Config) -> Path:
     """The PATCHED llama-server (patches/ applied), built on first use."""
-    return asyncio.run(ensure_server(build_home, progress=_build_progress, use_override=False))
+    return asyncio.run(ensure_server(build_home, progress=_BuildReporter(pytestconfig), use_override=False))
 
 
 @pytest.fixture(scope="session")
