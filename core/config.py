@@ -26,9 +26,12 @@ class Config:
     server_binary: str | None = None
     # Sections owned by other modules ([registry], [keymap], ...), kept verbatim.
     extra: dict[str, Any] = field(default_factory=dict)
+    # The env override must not leak into config.toml on save: remember both values.
+    _file_binary: str | None = field(default=None, init=False, repr=False, compare=False)
+    _env_binary: str | None = field(default=None, init=False, repr=False, compare=False)
 
 
-_KEYS = {f.name for f in fields(Config)} - {"extra"}
+_KEYS = {f.name for f in fields(Config) if f.init} - {"extra"}
 
 
 def _check(cfg: Config, where: str) -> None:
@@ -74,9 +77,10 @@ def load_config(home: Home) -> Config:
                     f"{path}: unknown setting '{key}' (known: {', '.join(sorted(_KEYS))})"
                 )
         _check(cfg, str(path))
+    cfg._file_binary = cfg.server_binary
     env = os.environ.get("DISKLLM_LLAMA_SERVER")
     if env:
-        cfg.server_binary = env
+        cfg.server_binary = cfg._env_binary = env
     return cfg
 
 
@@ -85,6 +89,8 @@ def save_config(home: Home, cfg: Config) -> None:
     data: dict[str, Any] = {}
     for key in sorted(_KEYS):
         v = getattr(cfg, key)
+        if key == "server_binary" and cfg._env_binary is not None and v == cfg._env_binary:
+            v = cfg._file_binary
         if v is not None:  # TOML has no null: unset = absent
             data[key] = v
     for key, table in cfg.extra.items():

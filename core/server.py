@@ -284,6 +284,9 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
     popen = entry.process if isinstance(entry, RunningServer) else None
     if isinstance(entry, RunningServer):
         entry = entry.entry
+    # Unregister first: a `run --headless` watching this server takes a missing
+    # entry to mean "stopped on purpose", not "crashed".
+    _entry_file(entry).unlink(missing_ok=True)
     try:
         if _is_alive(entry):
             proc = psutil.Process(entry.pid)
@@ -297,6 +300,8 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
                     await asyncio.sleep(0.05)
     except psutil.NoSuchProcess:
         pass
+    except psutil.AccessDenied:
+        raise DiskLLMError(f"not allowed to stop pid {entry.pid} (started by another user?)") from None
     finally:
         if popen is not None:  # reap our own child
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -72,7 +72,12 @@ def test_env_overrides_server_binary(home: Home, monkeypatch):
     save_config(home, Config(server_binary="/from/config"))
     assert load_config(home).server_binary == "/from/config"
     monkeypatch.setenv("DISKLLM_LLAMA_SERVER", "/from/env")
-    assert load_config(home).server_binary == "/from/env"
+    cfg = load_config(home)
+    assert cfg.server_binary == "/from/env"
+    cfg.ctx = 1000
+    save_config(home, cfg)  # the env value is not written into the file
+    monkeypatch.delenv("DISKLLM_LLAMA_SERVER")
+    assert (load_config(home).server_binary, load_config(home).ctx) == ("/from/config", 1000)
 
 
 def _dry_run(*args: str) -> list[str]:
