@@ -14,6 +14,7 @@ from .errors import DiskLLMError
 COMMAND_MODULES = [
     "diskllm.core.cli_server",
     "diskllm.core.cli_models",
+    "diskllm.core.cli_sessions",
 ]
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import cli_sessions
 from .build import ensure_server
 from .chat import ChatDelta, ChatDone, stream_chat
 from .config import KV_BACKENDS, Config, load_config
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _server_flags(p)
     p.add_argument("--headless", action="store_true", help="serve only; Ctrl-C stops the server")
     p.add_argument("--dry-run", action="store_true", help="print the llama-server command and exit")
+    cli_sessions.add_session_flag(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("ps", help="list running servers")
@@ -47,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL|PATH")
     p.add_argument("--no-start", action="store_true", help="fail instead of starting a server")
     _server_flags(p)
+    cli_sessions.add_session_flag(p)
     p.set_defaults(func=cmd_chat)
 
 
@@ -114,7 +117,9 @@ def _prepare(args: argparse.Namespace) -> tuple[Home, ServerOptions]:
     cfg = load_config(home)
     path, name = resolve_model(home, args.model)
     read_gguf_info(path)  # a clear error now beats a cryptic server crash later
-    return home, _options(cfg, args, path, name)
+    opts = _options(cfg, args, path, name)
+    opts.extra_args += cli_sessions.session_server_args(args, path)
+    return home, opts
 
 
 def _start(home: Home, opts: ServerOptions) -> RunningServer:
@@ -152,8 +157,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     _terminate_on_sigterm()
     server = _start(home, opts)
+    session = None
     try:
         if args.headless:
+            if args.session:
+                session = cli_sessions.headless_session_start(server.entry, home, args.session)
             print("press Ctrl-C to stop", flush=True)
             entry_file = home.run / f"{server.pid}.json"
             while server.process is None or server.process.poll() is None:
@@ -162,9 +170,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print("server stopped", flush=True)
                 return 0
             raise DiskLLMError(f"llama-server exited (code {server.process.returncode}); log: {server.entry.log}")
-        chat_repl(server.entry)
+        _chat(server.entry, home, args)
     finally:
-        asyncio.run(stop_server(server))
+        try:
+            cli_sessions.headless_session_stop(session)
+        finally:
+            asyncio.run(stop_server(server))
     return 0
 
 
@@ -185,7 +196,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     home = Home.from_env().ensure()
     running = [e for e in list_servers(home) if _matches(e, home, args.model)]
     if running:
-        chat_repl(running[-1])
+        _chat(running[-1], home, args)
         return 0
     if args.no_start:
         raise DiskLLMError(f"no running server for '{args.model}' (start one: diskllm run {args.model} --headless)")
@@ -193,10 +204,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
     _terminate_on_sigterm()
     server = _start(home, opts)
     try:
-        chat_repl(server.entry)
+        _chat(server.entry, home, args)
     finally:
         asyncio.run(stop_server(server))
     return 0
+
+
+def _chat(entry: ServerEntry, home: Home, args: argparse.Namespace) -> None:
+    if getattr(args, "session", None):
+        cli_sessions.session_repl(entry, home, args.session)
+    else:
+        chat_repl(entry)
 
 
 def chat_repl(entry: ServerEntry) -> None:
