@@ -1,6 +1,6 @@
 """python -m diskllm"""
 import sys
 
-from diskllm.core.cli import main
+from diskllm.launcher import main
 
 sys.exit(main())
