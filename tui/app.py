@@ -95,6 +95,8 @@ class Workbench(App[int]):
         self._runner_pid: int | None = None
         self.active_session = None                  # core.sessions.Session
         self._quitting = False
+        # Extra request fields for chat replies (tests cap max_tokens; config could too).
+        self.chat_params: dict[str, object] = {}
 
     # --- lifecycle ------------------------------------------------------------
     def on_mount(self) -> None:
@@ -123,7 +125,7 @@ class Workbench(App[int]):
             return
         self._quitting = True
         for group in ("watch", "log", "chat"):
-            self.workers.cancel_group(self, group)
+            self.cancel_workers(group)
         # Servers started in this workbench stop with it; adopted ones keep running.
         entry = self.server
         if entry is not None and entry.pid in self.processes:
@@ -133,6 +135,12 @@ class Workbench(App[int]):
             except DiskLLMError:
                 pass
         self.exit(0)
+
+    def cancel_workers(self, group: str) -> None:
+        """Cancel a worker group whichever node (App or a pane) runs it."""
+        for worker in list(self.workers):
+            if worker.group == group:
+                worker.cancel()
 
     # --- panes ----------------------------------------------------------------
     def action_pane(self, name: str) -> None:
@@ -318,7 +326,6 @@ class Workbench(App[int]):
     def on_server_died(self, msg: m.ServerDied) -> None:
         code = "unknown" if msg.exit_code is None else str(msg.exit_code)
         self.status = replace(self.status, health="dead", note=f"exit code {code}")
-        self.workers.cancel_group(self, "chat")
         self.fan_out(msg)
         if not self._quitting:
             self.push_screen(ServerDiedScreen(msg.entry.model, msg.exit_code, msg.last_lines),
@@ -336,7 +343,7 @@ class Workbench(App[int]):
 
     @work(exclusive=True, group="server", exit_on_error=False)
     async def _stop(self, entry: ServerEntry) -> None:
-        self.workers.cancel_group(self, "watch")
+        self.cancel_workers("watch")
         self.status = replace(self.status, health="stopping")
         try:
             await stop_server(RunningServer(entry, self.processes.pop(entry.pid, None)))  # type: ignore[arg-type]

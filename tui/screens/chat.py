@@ -87,6 +87,7 @@ class ChatScreen(PaneScreen):
         self.reply_parts: list[str] = []
         self.last_reply = ""
         self.ctx_used = 0
+        self.last_rate: float | None = None
 
     def compose_pane(self) -> ComposeResult:
         yield VerticalScroll(id="transcript")
@@ -142,7 +143,7 @@ class ChatScreen(PaneScreen):
         e = self.bench.server
         assert e is not None
         session = self.bench.active_session
-        params: dict[str, Any] = {"reasoning_format": "none"}
+        params: dict[str, Any] = {"reasoning_format": "none", **self.bench.chat_params}
         try:
             if session is not None and self.bench.session_runner is not None:
                 source = self.bench.session_runner.chat_turn(session, text, **params)
@@ -177,6 +178,7 @@ class ChatScreen(PaneScreen):
 
     def on_chat_stats(self, msg: m.ChatStats) -> None:
         self.ctx_used = msg.ctx_used
+        self.last_rate = msg.tokens_per_s
         self._stats(msg.tokens_per_s, streaming=not msg.final)
 
     async def on_chat_finished(self, msg: m.ChatFinished) -> None:
@@ -193,7 +195,7 @@ class ChatScreen(PaneScreen):
         self.current = None
         self.history.append({"role": "assistant", "content": reply})
         self.last_reply = reply
-        self._stats()
+        self._stats(self.last_rate)
 
     def action_cancel(self) -> None:
         if self.current is None:

@@ -1,0 +1,92 @@
+"""Workbench flows against a real llama-server on SmolLM2 (Pilot, app.run_test)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Markdown, TextArea
+
+from diskllm.core.paths import Home
+from diskllm.core.server import list_servers, memory_of
+from diskllm.tui.app import Workbench
+from diskllm.tui.screens.chat import ChatScreen, UserMessage
+from diskllm.tui.state import human_bytes
+from diskllm.tui.widgets.metric import MetricRow
+from tui_helpers import install_model, wait_for
+
+pytestmark = pytest.mark.slow
+
+SIZE = (100, 32)
+
+
+@pytest.fixture
+def bench_home(home: Home, smollm2_path: Path, server_binary: Path, kv_backend: str, build_cache) -> Home:
+    """A home with SmolLM2 installed and a small ctx; the build cache holds the server."""
+    home.ensure()
+    home.config_file.write_text(f'ctx = 2048\nthreads = 2\nkv_backend = "{kv_backend}"\nport = 18090\n')
+    install_model(home, smollm2_path)
+    return home
+
+
+async def start_from_models_pane(app: Workbench, pilot) -> None:
+    await wait_for(pilot, lambda: app.models and app.models.installed, what="models listed")
+    table = app.screen.query_one("#installed", DataTable)
+    table.focus()
+    await pilot.press("s")                      # the start form
+    await wait_for(pilot, lambda: app.screen.__class__.__name__ == "StartServerScreen", what="start form")
+    await pilot.press("ctrl+s")                 # ctx and backend from config.toml
+    await wait_for(pilot, lambda: app.status.health == "healthy", timeout=180, what="server healthy")
+
+
+async def send(app: Workbench, pilot, text: str) -> ChatScreen:
+    await pilot.press("f2")
+    chat = await wait_for(pilot, lambda: app.panes.get("chat") if app.screen is app.panes.get("chat") else None)
+    area = chat.query_one("#prompt", TextArea)
+    area.focus()
+    area.text = text
+    await pilot.press("ctrl+j")
+    await wait_for(pilot, lambda: chat.current is None and chat.last_reply, timeout=120, what="a reply")
+    return chat
+
+
+async def test_start_chat_memory(bench_home: Home):
+    app = Workbench(bench_home)
+    app.chat_params = {"max_tokens": 24, "temperature": 0}
+    async with app.run_test(size=SIZE) as pilot:
+        await start_from_models_pane(app, pilot)
+        entry = app.server
+        assert entry is not None and [e.pid for e in list_servers(bench_home)] == [entry.pid]
+        assert app.status.model == "smollm2:135m" and app.status.ctx == 2048
+
+        chat = await send(app, pilot, "Name a colour.")
+        answers = [md for md in chat.query(".answer").results(Markdown)]
+        assert answers and answers[-1].source.strip() == chat.last_reply.strip() != ""
+        assert [u.content for u in chat.query(UserMessage)] == ["Name a colour."] or \
+            str(chat.query_one(UserMessage).render()) == "Name a colour."
+        stats = str(chat.query_one("#chat-stats").render())
+        assert "tok/s" in stats and "/2,048" in stats
+
+        # Memory monitor: non-zero figures that match /proc within tolerance.
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: len(app.memory) >= 2, timeout=20, what="memory samples")
+        sample = app.memory[-1]
+        now = memory_of(entry.pid)
+        assert sample.rss_anon > 0 and sample.rss_file > 0 and sample.sys_available > 0
+        assert abs(sample.rss_anon - now.rss_anon) <= max(32 << 20, 0.25 * now.rss_anon)
+        assert abs(sample.rss_file - now.rss_file) <= max(32 << 20, 0.25 * now.rss_file)
+        if entry.kv_backend == "ssd":
+            assert sample.kv_disk > 0 and sample.kv_resident > 0
+        screen = app.panes["memory"]
+        await wait_for(pilot, lambda: str(screen.query_one("#metric-rss_anon", MetricRow)
+                                          .query_one(".value").render()) != "-", what="figures shown")
+        shown = str(screen.query_one("#metric-rss_anon", MetricRow).query_one(".value").render())
+        assert shown == human_bytes(app.memory[-1].rss_anon) or shown in {human_bytes(s.rss_anon) for s in app.memory}
+
+        # The log pane tails the server's log.
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: len(app.log_lines) > 5, what="log lines")
+
+        # Stop from the keyboard; the status bar follows.
+        await pilot.press("x")
+        await wait_for(pilot, lambda: app.status.health == "none", timeout=30, what="server stopped")
+        assert list_servers(bench_home) == []
