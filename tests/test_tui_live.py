@@ -90,3 +90,53 @@ async def test_start_chat_memory(bench_home: Home):
         await pilot.press("x")
         await wait_for(pilot, lambda: app.status.health == "none", timeout=30, what="server stopped")
         assert list_servers(bench_home) == []
+
+
+async def _type_prompt(pilot, text: str) -> None:
+    for ch in text:
+        await pilot.press(ch)
+    await pilot.press("enter")
+
+
+async def test_switch_sessions(bench_home: Home):
+    app = Workbench(bench_home)
+    app.chat_params = {"max_tokens": 12, "temperature": 0}
+    async with app.run_test(size=SIZE) as pilot:
+        await start_from_models_pane(app, pilot)
+
+        # n creates session "alpha" for the running model and makes it active
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.screen is app.panes.get("sessions"))
+        await pilot.press("n")
+        await _type_prompt(pilot, "alpha")
+        await wait_for(pilot, lambda: app.active_session and app.active_session.name == "alpha", what="alpha")
+        chat = await send(app, pilot, "My name is Alice.")
+        alice_reply = chat.last_reply
+
+        await pilot.press("f3")
+        await pilot.press("n")
+        await _type_prompt(pilot, "beta")
+        await wait_for(pilot, lambda: app.active_session and app.active_session.name == "beta", what="beta")
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: not chat.history, what="beta's empty transcript")
+        await send(app, pilot, "My name is Bob.")
+
+        # one key: select alpha and press enter
+        await pilot.press("f3")
+        sessions = app.panes["sessions"]
+        table = sessions.query_one(DataTable)
+        await wait_for(pilot, lambda: [r.name for r in sessions.rows] == ["alpha", "beta"], what="both listed")
+        table.focus()
+        table.move_cursor(row=0)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.active_session and app.active_session.name == "alpha", what="switch")
+        report = str(sessions.query_one("#switch-report").render())
+        assert "Active: alpha" in report and "restored" in report and "saved beta" in report
+        assert "cache reuse verified" in report, report
+
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: [x["content"] for x in chat.history][:1] == ["My name is Alice."],
+                       what="alpha's transcript in the chat pane")
+        assert chat.history[1]["content"].strip() == alice_reply.strip()
+        users = [str(u.render()) for u in chat.query(UserMessage)]
+        assert users == ["My name is Alice."]

@@ -247,7 +247,7 @@ class ChatScreen(PaneScreen):
 
     # --- events from the App --------------------------------------------------------
     async def on_session_switched(self, msg: m.SessionSwitched) -> None:
-        self.ctx_used = msg.reused_tokens or 0
+        self.ctx_used = msg.restored_tokens
         await self.show_transcript(msg.transcript)
         self._stats()
 
