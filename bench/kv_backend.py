@@ -1,0 +1,524 @@
+"""KV backend benchmark (issue 3, issue 7): stock vs patched ram vs patched ssd.
+
+For one model and context size, servers are started in turn (`--parallel 1
+-ngl 0`, same threads), N tokens of real text are filled, then decode is timed
+(median of several runs) and memory is read at that same fill: RssAnon,
+RssFile, VmHWM, the KV mapping's resident bytes and the KV files' bytes on disk.
+
+With --cap-fraction F the same is repeated inside a child memory cgroup capped
+at F x (KV bytes at the fill + weights): who starts, who answers, decode tok/s,
+bytes read from storage per token, and the disk's own read rates beside them.
+
+    python -m bench.kv_backend --model smollm2 --ctx 32768 --fill 7000 --cap-fraction 0.5 0.25
+    python -m bench.kv_backend --quick            # small sizes, a smoke run
+
+Importable: run(model, ctx, fill, quick, ...) -> list[dict] (one dict per row).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from diskllm.bench.cgroup import CgroupUnavailable, MemoryCgroup
+from diskllm.bench.machine import describe, disk_read_rates
+from diskllm.core.build import ensure_server, server_supports_kv_flags
+from diskllm.core.gguf_info import read_gguf_info
+from diskllm.core.paths import Home
+from diskllm.core.server import kv_disk_bytes, kv_mapping_resident, memory_of
+
+Say = Callable[[str], None]
+
+MODELS = ("smollm2", "gemma3", "qwen7b-geom", "hybrid")
+BACKENDS = ("stock", "ram", "ssd")
+KV_WINDOW = 4096  # what `diskllm run` passes by default (core.server.ServerOptions)
+
+
+def resolve_model(name: str) -> Path:
+    if name == "smollm2":
+        from diskllm.core.testmodels import fetch_smollm2
+        return fetch_smollm2()
+    if name == "gemma3":
+        from diskllm.core.testmodels import fetch_gemma3
+        return fetch_gemma3()
+    if name in ("qwen7b-geom", "qwen7b-geometry"):
+        from diskllm.core.synthmodels import synthesize_qwen7b_geometry
+        return synthesize_qwen7b_geometry()
+    if name == "hybrid":
+        from diskllm.core.synthmodels import synthesize_hybrid
+        return synthesize_hybrid()
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    raise SystemExit(f"error: unknown model {name!r} (one of {', '.join(MODELS)} or a .gguf path)")
+
+
+def build_home() -> Home:
+    """Where builds are cached: $DISKLLM_BUILD_CACHE (as the tests use) or the user's home."""
+    env = os.environ.get("DISKLLM_BUILD_CACHE")
+    if env:
+        return Home(Path(env).expanduser() / ".home").ensure()
+    return Home.from_env().ensure()
+
+
+def binaries(stock: bool, say: Say, server: Path | None = None,
+             stock_server: Path | None = None) -> dict[str, Path]:
+    home = build_home()
+    out = {}
+    out["patched"] = server or asyncio.run(ensure_server(home, progress=say, use_override=False))
+    if not server_supports_kv_flags(out["patched"]):
+        raise SystemExit(f"error: {out['patched']} has no --kv-backend flag (not the patched build)")
+    if stock:
+        out["stock"] = stock_server or asyncio.run(ensure_server(home, stock=True, progress=say))
+    return out
+
+
+# --- the text we fill with --------------------------------------------------
+
+def real_text(min_chars: int) -> str:
+    """English prose and code from the Python standard library's own sources (always present)."""
+    import inspect
+    import email, http.client, json as _json, logging, argparse as _ap, unittest, textwrap, pathlib  # noqa: E401
+    parts: list[str] = []
+    for mod in (argparse, logging, http.client, email, _json, unittest, textwrap, pathlib, inspect):
+        src = Path(inspect.getsourcefile(mod) or "")
+        if src.is_file():
+            parts.append(src.read_text(errors="replace"))
+        if sum(map(len, parts)) >= min_chars:
+            break
+    text = "\n\n".join(parts)
+    while len(text) < min_chars:
+        text += "\n\n" + text
+    return text
+
+
+# --- one server ---------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict, timeout: float) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _read_io(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            k, _, v = line.partition(":")
+            out[k] = int(v)
+    except OSError:
+        pass
+    return out
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    port: int
+    argv: list[str]
+    log: Path
+    kv_dir: Path | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 3) -> str:
+        try:
+            lines = [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return " | ".join(lines[-n:])
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def server_argv(binary: Path, backend: str, model: Path, ctx: int, threads: int, port: int,
+                kv_dir: Path | None, ctx_override: str | None, extra: list[str]) -> list[str]:
+    argv = [str(binary), "-m", str(model), "-c", str(ctx), "-ngl", "0", "--parallel", "1",
+            "-t", str(threads), "--host", "127.0.0.1", "--port", str(port)]
+    if backend in ("ram", "ssd"):
+        argv += ["--kv-backend", backend]
+    if backend == "ssd":
+        argv += ["--kv-path", str(kv_dir), "--kv-window", str(KV_WINDOW)]
+    if ctx_override:
+        argv += ["--override-kv", ctx_override]
+    return argv + list(extra)
+
+
+def start(argv: list[str], log: Path, kv_dir: Path | None, cgroup: MemoryCgroup | None,
+          timeout: float) -> tuple[Server, str | None]:
+    """Start and wait for /health. Returns (server, None) or (server, why it did not start)."""
+    port = int(argv[argv.index("--port") + 1])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=cgroup.preexec if cgroup else None)
+    srv = Server(proc, port, argv, log, kv_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not srv.alive():
+            return srv, f"exited with {_exit_text(proc.returncode)}"
+        try:
+            with urllib.request.urlopen(srv.url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return srv, None
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    srv.stop()
+    return srv, f"not healthy after {timeout:.0f} s"
+
+
+def _exit_text(rc: int | None) -> str:
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        try:
+            return f"signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit code {rc}"
+
+
+# --- one row ------------------------------------------------------------------
+
+class Bench:
+    """One backend's server through its phases: start, fill, decode runs, memory, stop."""
+
+    def __init__(self, backend: str, binary: Path, model: Path, ctx: int, fill: int, *, threads: int,
+                 ctx_override: str | None, n_predict: int, work: Path, say: Say,
+                 cap: int | None = None, cap_fraction: float | None = None,
+                 extra: list[str] | None = None, timeout: float = 900) -> None:
+        self.backend, self.fill, self.n_predict, self.say, self.timeout = backend, fill, n_predict, say, timeout
+        self.row: dict[str, Any] = {"backend": backend, "model": model.name, "ctx": ctx, "fill": fill,
+                                    "threads": threads, "cap_fraction": cap_fraction, "cap_bytes": cap,
+                                    "started": False, "answered": False, "loadavg": [os.getloadavg()[0]]}
+        self.kv_dir = work / f"kv-{backend}" if backend == "ssd" else None
+        if self.kv_dir:
+            self.kv_dir.mkdir(parents=True, exist_ok=True)
+        self.argv = server_argv(binary, backend, model, ctx, threads, _free_port(), self.kv_dir,
+                                ctx_override, extra or [])
+        self.row["command"] = " ".join(self.argv)
+        self.log = work / f"{backend}-{cap_fraction or 'free'}.log"
+        self.cap = cap
+        self.cg: MemoryCgroup | None = None
+        self.srv: Server | None = None
+        self.prompt: list[int] = []
+        self.tps: list[float] = []
+        self.reads: list[dict] = []
+        self.phase = "starting"
+
+    @property
+    def ok(self) -> bool:
+        return "error" not in self.row
+
+    def _fail(self, e: BaseException | str) -> None:
+        if self.srv is not None:
+            try:  # a killed server may not be reaped yet
+                self.srv.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                pass
+        died = self.srv is not None and not self.srv.alive()
+        msg = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
+        self.row["error"] = (f"server died ({_exit_text(self.srv.proc.returncode)}) while {self.phase}"
+                             if died else f"{msg} while {self.phase}")
+        self.say(f"  {self.backend}: {self.row['error']}")
+
+    def start(self) -> None:
+        if self.cap is not None:
+            try:
+                self.cg = MemoryCgroup(self.cap)
+            except CgroupUnavailable as e:
+                self.row["error"] = f"skipped: {e}"
+                self.say(f"  {self.backend}: memory cap skipped: {e}")
+                return
+            self.row["cgroup"] = str(self.cg.path)
+        self.srv, why = start(self.argv, self.log, self.kv_dir, self.cg, timeout=180)
+        if why:
+            self.row["error"] = f"did not start: {why}"
+            self.row["log_tail"] = self.srv.log_tail()
+            self.row["exit"] = _exit_text(self.srv.proc.returncode)
+            self.say(f"  {self.backend}: {self.row['error']}")
+            return
+        self.row["started"] = True
+        self.row["pid"] = self.srv.proc.pid
+
+    def fill_prompt(self) -> None:
+        if not self.ok:
+            return
+        self.phase = "filling"
+        try:
+            toks = _post(self.srv.url + "/tokenize", {"content": real_text(self.fill * 6)}, 120)["tokens"]
+            if len(toks) < self.fill:
+                raise RuntimeError(f"only {len(toks)} tokens of text")
+            self.prompt = toks[:self.fill]  # real text cut to exactly `fill` tokens
+            self.say(f"  {self.backend}: filling {self.fill} tokens")
+            r = _post(self.srv.url + "/completion", {"prompt": self.prompt, "n_predict": 1, "temperature": 0,
+                                                     "cache_prompt": True}, self.timeout)
+            t = r.get("timings", {})
+            self.row["prefill_tokens"] = t.get("prompt_n")
+            self.row["prefill_tps"] = t.get("prompt_per_second")
+        except Exception as e:  # noqa: BLE001 - a benchmark row reports what went wrong
+            self._fail(e)
+
+    def decode_once(self, i: int, runs: int) -> None:
+        if not self.ok:
+            return
+        self.phase = "decoding"
+        try:
+            pid = self.srv.proc.pid
+            io0, cg0 = _read_io(pid), (self.cg.stat() if self.cg else {})
+            r = _post(self.srv.url + "/completion", {"prompt": self.prompt, "n_predict": self.n_predict,
+                                                     "temperature": 0, "ignore_eos": True, "cache_prompt": True,
+                                                     "seed": 1}, self.timeout)
+            io1, cg1 = _read_io(pid), (self.cg.stat() if self.cg else {})
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+            return
+        t = r.get("timings", {})
+        n = t.get("predicted_n") or 0
+        self.tps.append(t.get("predicted_per_second") or 0.0)
+        if n:
+            self.reads.append({
+                "read_bytes_per_token": (io1.get("read_bytes", 0) - io0.get("read_bytes", 0)) / n,
+                "majfault_per_token": (cg1.get("pgmajfault", 0) - cg0.get("pgmajfault", 0)) / n,
+            })
+        self.say(f"  {self.backend}: decode run {i + 1}/{runs}: {self.tps[-1]:.1f} tok/s ({n} tokens, "
+                 f"prompt re-evaluated {t.get('prompt_n')}, load {os.getloadavg()[0]:.1f})")
+
+    def finish(self) -> dict[str, Any]:
+        row, srv = self.row, self.srv
+        try:
+            if self.ok and self.tps:
+                row["answered"] = True
+                row["decode_runs"] = self.tps
+                row["decode_tps"] = statistics.median(self.tps)
+                rb = statistics.median(x["read_bytes_per_token"] for x in self.reads) if self.reads else 0
+                row["read_bytes_per_token"] = rb
+                row["kv_read_Bps"] = rb * row["decode_tps"]  # storage reads per second of decode
+                if self.cg:
+                    row["majfault_per_token"] = statistics.median(x["majfault_per_token"] for x in self.reads)
+                mem = memory_of(srv.proc.pid)
+                row.update(rss_anon=mem.rss_anon, rss_file=mem.rss_file, vm_hwm=mem.vm_hwm)
+                row["kv_resident"] = kv_mapping_resident(srv.proc.pid, self.kv_dir) if self.kv_dir else None
+                row["kv_disk"] = kv_disk_bytes(self.kv_dir, srv.proc.pid) if self.kv_dir else None
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+        finally:
+            row["loadavg"].append(os.getloadavg()[0])
+            if self.cg:
+                row["cgroup_peak"] = self.cg.peak()
+                row["oom_kills"] = self.cg.oom_kills()
+            if srv:
+                srv.stop()
+                row.setdefault("exit", _exit_text(srv.proc.returncode))
+            if self.cg:
+                try:
+                    self.cg.close()
+                except OSError as e:
+                    self.say(f"  warning: could not remove {self.cg.path}: {e}")
+            if self.kv_dir:
+                shutil.rmtree(self.kv_dir, ignore_errors=True)
+        if row.get("oom_kills"):
+            row["oom_killed"] = True
+        return row
+
+
+def measure_interleaved(benches: list[Bench], runs: int) -> list[dict[str, Any]]:
+    """All servers up at once, filled in turn, decode runs round-robin (a shared, noisy
+    machine then slows every backend alike); memory read at the end, at the same fill."""
+    try:
+        for b in benches:
+            b.start()
+        for b in benches:
+            b.fill_prompt()
+        for i in range(runs):
+            for b in benches:
+                b.decode_once(i, runs)
+    finally:
+        rows = [b.finish() for b in benches]
+    return rows
+
+
+def measure(*args: Any, runs: int, **kw: Any) -> dict[str, Any]:
+    """One backend alone (used for the memory-cap rows)."""
+    return measure_interleaved([Bench(*args, **kw)], runs)[0]
+
+
+def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick: bool = False, *,
+        stock: bool = True, cap_fractions: tuple[float, ...] | list[float] = (),
+        threads: int | None = None, runs: int | None = None, n_predict: int | None = None,
+        disk_rates: bool | None = None, server: Path | None = None, stock_server: Path | None = None,
+        extra: list[str] | None = None, work_dir: Path | None = None, say: Say = print) -> list[dict]:
+    """Run the benchmark; one dict per row (kind 'backend', 'cap' or 'disk', plus one 'machine')."""
+    if quick:
+        ctx, fill = min(ctx, 4096), min(fill, 1000)
+    runs = runs or (3 if quick else 5)
+    n_predict = n_predict or (16 if quick else 64)
+    threads = threads or len(os.sched_getaffinity(0))
+    model_path = model if isinstance(model, Path) else resolve_model(str(model))
+    info = read_gguf_info(model_path)
+    ctx_override = None
+    if info.context_length and ctx > info.context_length:
+        ctx_override = f"{info.arch}.context_length=int:{ctx}"
+    bins = binaries(stock, say, server, stock_server)
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="diskllm-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = [{"kind": "machine", **describe(work), "model": model_path.name,
+                         "model_bytes": info.file_size, "kv_bytes_per_token": info.kv_bytes_per_token(),
+                         "binaries": {k: str(v) for k, v in bins.items()}, "quick": quick,
+                         "runs": runs, "n_predict": n_predict}]
+    order = [b for b in BACKENDS if b != "stock" or stock]
+    common = dict(threads=threads, ctx_override=ctx_override, work=work, say=say, extra=extra)
+    try:
+        say(f"{', '.join(order)}: {model_path.name} -c {ctx}, fill {fill} (servers side by side, decode round-robin)")
+        benches = [Bench(b, bins["stock" if b == "stock" else "patched"], model_path, ctx, fill,
+                         n_predict=n_predict, **common) for b in order]
+        rows += [{"kind": "backend", **r} for r in measure_interleaved(benches, runs)]
+        if cap_fractions:
+            kv_at_fill = info.kv_bytes_per_token() * fill
+            base = kv_at_fill + info.file_size
+            for f in cap_fractions:
+                cap = int(f * base)
+                for b in order:
+                    say(f"{b} under a {cap / 2**20:.0f} MiB cap ({f:g} x (KV at fill {kv_at_fill / 2**20:.0f} MiB"
+                        f" + weights {info.file_size / 2**20:.0f} MiB))")
+                    rows.append({"kind": "cap", **measure(
+                        b, bins["stock" if b == "stock" else "patched"], model_path, ctx, fill,
+                        runs=max(3, runs - 2), n_predict=min(n_predict, 32), cap=cap, cap_fraction=f, **common)})
+        if disk_rates if disk_rates is not None else bool(cap_fractions):
+            say("disk read rates (O_DIRECT, fresh file)")
+            rows.append({"kind": "disk", **disk_read_rates(work, 256 if quick else 1024)})
+    finally:
+        if not work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+# --- printing -----------------------------------------------------------------
+
+def _mb(v: Any) -> str:
+    return "-" if v is None else f"{v / 1e6:.0f}"
+
+
+def _f(v: Any, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown tables: backends with ssd/ram and ssd/stock ratios, caps, disk."""
+    out = []
+    m = next((r for r in rows if r["kind"] == "machine"), {})
+    be = {r["backend"]: r for r in rows if r["kind"] == "backend"}
+    if be:
+        any_row = next(iter(be.values()))
+        out.append(f"{m.get('model')} -c {any_row['ctx']}, {any_row['fill']} tokens filled, "
+                   f"{any_row['threads']} threads, decode = median of {m.get('runs')} x {m.get('n_predict')} tokens")
+        out.append("")
+        out.append("| backend | prefill tok/s | decode tok/s | RssAnon MB | RssFile MB | VmHWM MB | KV resident MB | KV on disk MB |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for b, r in be.items():
+            if not r.get("answered"):
+                out.append(f"| {b} | {r.get('error', 'failed')} ||||||| ")
+                continue
+            out.append(f"| {b} | {_f(r.get('prefill_tps'), '.0f')} | {_f(r.get('decode_tps'))} | {_mb(r.get('rss_anon'))} "
+                       f"| {_mb(r.get('rss_file'))} | {_mb(r.get('vm_hwm'))} | {_mb(r.get('kv_resident'))} | {_mb(r.get('kv_disk'))} |")
+        ssd = be.get("ssd", {})
+        for ref in ("ram", "stock"):
+            if ref in be and ssd.get("answered") and be[ref].get("answered"):
+                r = be[ref]
+                out.append(f"| **ssd/{ref}** | {_ratio(ssd.get('prefill_tps'), r.get('prefill_tps'))} "
+                           f"| {_ratio(ssd.get('decode_tps'), r.get('decode_tps'))} "
+                           f"| {_ratio(ssd.get('rss_anon'), r.get('rss_anon'))} | {_ratio(ssd.get('rss_file'), r.get('rss_file'))} "
+                           f"| {_ratio(ssd.get('vm_hwm'), r.get('vm_hwm'))} | | |")
+    caps = [r for r in rows if r["kind"] == "cap"]
+    if caps:
+        out.append("")
+        out.append("| cap | backend | started | answered | decode tok/s | read from storage / token | KV read rate | cgroup peak MB | what happened |")
+        out.append("|---|---|---|---|---:|---:|---:|---:|---|")
+        for r in caps:
+            what = r.get("error") or "answered"
+            if r.get("oom_kills"):
+                what = f"OOM-killed in the cgroup: {what}"
+            out.append(f"| {r['cap_fraction']:g} x = {_mb(r['cap_bytes'])} MB | {r['backend']} | {'yes' if r['started'] else 'no'} "
+                       f"| {'yes' if r['answered'] else 'no'} | {_f(r.get('decode_tps'))} "
+                       f"| {_mb(r.get('read_bytes_per_token'))} MB | {_f((r.get('kv_read_Bps') or 0) / 1e6, '.0f') if r.get('answered') else '-'} MB/s "
+                       f"| {_mb(r.get('cgroup_peak'))} | {what.replace('|', '/')[:120]} |")
+    for d in (r for r in rows if r["kind"] == "disk"):
+        out.append("")
+        out.append(f"Disk, same run ({d['test_file_mib']} MiB fresh file, O_DIRECT): sequential 1 MiB reads "
+                   f"{d['seq_read_Bps'] / 1e6:.0f} MB/s; random 4 KiB reads {d['rand4k_read_Bps'] / 1e6:.0f} MB/s "
+                   f"({d['rand4k_iops']:.0f} IOPS)")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.kv_backend", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2", help=f"{', '.join(MODELS)} or a .gguf path")
+    ap.add_argument("--ctx", type=int, default=32768)
+    ap.add_argument("--fill", type=int, default=7000, help="tokens of real text filled before decoding")
+    ap.add_argument("--quick", action="store_true", help="small sizes (ctx <= 4096, fill <= 1000, 3 runs)")
+    ap.add_argument("--stock", action=argparse.BooleanOptionalAction, default=True,
+                    help="include the stock (unpatched) build; built on first use (~5 min)")
+    ap.add_argument("--cap-fraction", type=float, nargs="*", default=[],
+                    help="memory-cap runs at F x (KV at fill + weights), e.g. 0.5 0.25")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--runs", type=int, help="decode runs (median); default 5, quick 3")
+    ap.add_argument("--n-predict", type=int)
+    ap.add_argument("--server", type=Path, help="patched llama-server to use instead of the cached build")
+    ap.add_argument("--stock-server", type=Path, help="stock llama-server to use instead of the cached build")
+    ap.add_argument("--disk", action=argparse.BooleanOptionalAction, default=None,
+                    help="measure disk read rates (default: with caps)")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--work-dir", type=Path, help="kv files, logs and the disk test file (kept); default: a temp dir under /var/tmp")
+    ap.add_argument("extra", nargs="*", help="after --: extra llama-server flags for every server")
+    a = ap.parse_args(argv)
+    rows = run(a.model, a.ctx, a.fill, a.quick, stock=a.stock, cap_fractions=tuple(a.cap_fraction),
+               threads=a.threads, runs=a.runs, n_predict=a.n_predict, disk_rates=a.disk, server=a.server,
+               stock_server=a.stock_server, extra=a.extra, work_dir=a.work_dir,
+               say=lambda s: print(s, file=sys.stderr, flush=True))
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    m = rows[0]
+    print("machine: " + "; ".join(f"{k} {m[k]}" for k in ("cpu", "cores", "ram", "disk", "kernel", "llama.cpp")))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
