@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.widgets import Label, ProgressBar
 
 from diskllm.core.pull_progress import PullEvent
@@ -44,7 +45,10 @@ class PullRow(Horizontal):
 
     def show(self, ev: PullEvent | None) -> None:
         self.event = ev
-        bar = self.query_one(ProgressBar)
+        try:
+            bar = self.query_one(ProgressBar)
+        except NoMatches:  # not composed yet: on_mount shows self.event
+            return
         if ev is not None and ev.bytes_total:
             bar.update(total=ev.bytes_total, progress=min(ev.bytes_done, ev.bytes_total))
         self.query_one(".detail", Label).update(describe_pull(ev))

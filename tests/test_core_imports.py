@@ -1,0 +1,69 @@
+"""Import contract: diskllm.core never imports textual or diskllm.tui (DESIGN.md section 6)."""
+from __future__ import annotations
+
+import ast
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import diskllm.core
+
+CORE = Path(diskllm.core.__file__).parent
+FORBIDDEN = ("textual", "diskllm.tui")
+
+
+def _core_modules() -> list[str]:
+    return sorted("diskllm.core." + m.name for m in pkgutil.iter_modules([str(CORE)]))
+
+
+def test_importing_all_of_core_loads_no_ui():
+    code = (
+        "import importlib, json, sys\n"
+        f"mods = {_core_modules()!r}\n"
+        "for m in mods:\n"
+        "    if m.endswith('__main__'): continue\n"
+        "    importlib.import_module(m)\n"
+        "from diskllm.core import cli\n"
+        "cli.build_parser()\n"  # core's own command line, without the launcher's tui verb
+        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] == 'textual'"
+        " or k.startswith('diskllm.tui'))))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_no_core_file_imports_the_ui():
+    offenders = []
+    for path in sorted(CORE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                names = [base] if node.level == 0 else [f"diskllm.{base}" if node.level == 2 else base]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                # importlib.import_module("diskllm.tui...") would dodge the checks above
+                if node.value.startswith(("diskllm.tui", "textual.")) or node.value == "textual":
+                    names = [node.value]
+            for n in names:
+                if any(n == f or n.startswith(f + ".") for f in FORBIDDEN):
+                    offenders.append(f"{path.relative_to(CORE)}:{node.lineno}: {n}")
+    assert offenders == []
+
+
+def test_tui_verb_is_registered_outside_core():
+    from diskllm import launcher
+    from diskllm.core import cli
+
+    assert all(name.startswith("diskllm.core.") for name in cli.COMMAND_MODULES if name != launcher.TUI_MODULE)
+    r = subprocess.run([sys.executable, "-m", "diskllm", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "tui" in r.stdout and "open the workbench" in r.stdout
+    # not a terminal: bare `diskllm` prints help instead of opening the workbench
+    r = subprocess.run([sys.executable, "-m", "diskllm"], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and "COMMAND" in r.stdout
