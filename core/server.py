@@ -152,6 +152,7 @@ def _safe_name(s: str) -> str:
 
 
 _NOISE = re.compile(r"^\s*[.]*\s*$")
+_LEVEL_E = re.compile(r"^[\d.]+ E ")  # llama.cpp's own error level
 _ERRORISH = re.compile(r"\b(error|failed|failure|invalid|unknown|cannot|unable|exception|what\(\)|abort)", re.I)
 
 
@@ -163,7 +164,7 @@ def log_tail(path: Path, n: int = 5) -> list[str]:
         return []
     lines = [ln.strip() for ln in data.splitlines() if not _NOISE.match(ln)]
     # When the server says why it failed, that beats its start-up chatter.
-    errors = [ln for ln in lines if _ERRORISH.search(ln)]
+    errors = [ln for ln in lines if _ERRORISH.search(ln) or _LEVEL_E.match(ln)]
     return (errors or lines)[-n:]
 
 
