@@ -74,7 +74,7 @@ async def test_two_pulls_progress_cancel_and_install(pull_home: Home, hub: FakeH
         details = [str(r.query_one(".detail").render()) for r in screen.query(PullRow)]
         # bytes done / total, rate, ETA (throttled events: at most the 8 MB the hub lets through)
         assert all("/93.8M" in d and "eta" in d for d in details), details
-        assert "/93.8M" in str(table.get_cell("tiny-a:q4", table.ordered_columns[2].key))
+        assert str(table.get_cell("tiny-a:q4", table.ordered_columns[2].key)).endswith("%")
 
         table.move_cursor(row=names.index("tiny-b:q4"))
         await pilot.press("c")                     # cancel the selected one

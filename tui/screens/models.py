@@ -11,11 +11,20 @@ from diskllm.core.model_show import estimate_memory
 
 from .. import messages as m
 from ..state import human_bytes
-from ..widgets.pull_row import PullRow, describe_pull
+from ..widgets.pull_row import PullRow
 from .base import PaneScreen
 from .dialogs import ConfirmScreen, PromptScreen, StartServerScreen
 
 CTX_STEPS = (2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
+
+
+def pull_status(ev) -> str:
+    """Short STATUS cell of a registry name being pulled (details are in the pull rows)."""
+    if ev is None:
+        return "pulling"
+    if ev.phase == "download" and ev.fraction is not None:
+        return f"{100 * ev.fraction:.0f}%"
+    return ev.phase
 
 
 class ModelsScreen(PaneScreen):
@@ -95,7 +104,7 @@ class ModelsScreen(PaneScreen):
         avail.clear()
         for r in self.available:
             state = self.bench.pulls.get(r.name)
-            status = describe_pull(state.event) if state else ""
+            status = pull_status(state.event) if state else ""
             desc = r.description if len(r.description) <= 40 else r.description[:39] + "…"
             avail.add_row(r.name, r.sources, status, desc, key=r.name)
         if self.available:
@@ -114,7 +123,7 @@ class ModelsScreen(PaneScreen):
             self.query_one("#pulls").mount(PullRow(msg.spec, msg.event))
         if any(r.name == msg.spec for r in self.available):
             self.query_one("#available", DataTable).update_cell(msg.spec, self._status_column(),
-                                                                describe_pull(msg.event))
+                                                                pull_status(msg.event), update_width=True)
 
     def _status_column(self):
         return self.query_one("#available", DataTable).ordered_columns[2].key
