@@ -66,6 +66,19 @@ async def test_start_chat_memory(bench_home: Home):
         stats = str(chat.query_one("#chat-stats").render())
         assert "tok/s" in stats and "/2,048" in stats
 
+        # Esc cancels a running reply; what came so far stays, marked as cancelled.
+        app.chat_params = {"max_tokens": 400, "temperature": 0, "ignore_eos": True}
+        area = chat.query_one("#prompt", TextArea)
+        area.text = "Write a long story about a lighthouse."
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: chat.current is not None and len(chat.reply_parts) >= 3, what="streaming")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: chat.current is None, what="cancelled")
+        notes = [str(n.render()) for n in chat.query(".note")]
+        assert notes == ["[cancelled]"]
+        assert len(chat.last_reply) > 0 and chat.history[-1]["role"] == "assistant"
+        app.chat_params = {"max_tokens": 24, "temperature": 0}
+
         # Memory monitor: non-zero figures that match /proc within tolerance.
         await pilot.press("f4")
         await wait_for(pilot, lambda: len(app.memory) >= 2, timeout=20, what="memory samples")

@@ -63,7 +63,7 @@ class AssistantMessage(Vertical):
                 await stream.stop()
         self.reasoning_stream = self.answer_stream = None
         if note:
-            await self.mount(Static(note, classes="note"))
+            await self.mount(Static(note, classes="note", markup=False))
 
 
 class ChatScreen(PaneScreen):

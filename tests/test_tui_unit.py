@@ -1,0 +1,116 @@
+"""Workbench behaviour without a server: keys, keymap, exit, clipboard, <think> parsing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diskllm.core.paths import Home
+from diskllm.tui import messages as m
+from diskllm.tui.app import Workbench
+from diskllm.tui.services import ThinkSplitter, split_think
+import tui_fake_data as fake
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch) -> Home:
+    h = Home(tmp_path / "home").ensure()
+    monkeypatch.setenv("DISKLLM_HOME", str(h.root))
+    return h
+
+
+def test_think_splitter_handles_tags_split_across_chunks():
+    sp = ThinkSplitter()
+    out = []
+    for chunk in ["<th", "ink>plan ", "it</th", "ink>Hello", " <", "b>world</b>"]:
+        out += sp.feed(chunk)
+    out += sp.flush()
+    answer = "".join(t for t, r in out if not r)
+    reasoning = "".join(t for t, r in out if r)
+    assert reasoning == "plan it" and answer == "Hello <b>world</b>"
+    assert split_think("<think>x</think>y") == ("y", "x")
+    assert split_think("no tags") == ("no tags", "")
+
+
+@pytest.mark.parametrize("key", ["q", "ctrl+c"])
+async def test_exit_keys(home, key):
+    app = Workbench(home, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f4")
+        await pilot.press(key)
+        await pilot.pause()
+    assert app.return_code == 0 and not app.is_running
+
+
+async def test_ctrl_c_quits_even_while_typing(home):
+    app = Workbench(home, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f2")
+        await pilot.press("h", "q")       # q types into the prompt there
+        assert app.is_running
+        assert app.screen.query_one("#prompt").text == "hq"
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+    assert app.return_code == 0
+
+
+async def test_keymap_from_config(home):
+    home.config_file.write_text('[keymap]\n"pane.memory" = "f9"\n"models.start" = "ctrl+t"\n')
+    app = Workbench(home, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f9")
+        await pilot.pause()
+        assert app.current_mode == "memory"
+        await pilot.press("f4")              # the old key no longer does it
+        await pilot.press("f1")
+        await pilot.pause()
+        assert app.current_mode == "models"
+
+
+async def test_every_pane_by_keyboard_at_80x24(home):
+    app = Workbench(home, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key, mode in (("f2", "chat"), ("f3", "sessions"), ("f4", "memory"), ("f5", "log"), ("f1", "models")):
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.current_mode == mode
+
+
+async def test_copy_last_reply_uses_the_clipboard(home):
+    app = Workbench(home, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.post_message(fake.server_started())
+        await pilot.press("f2")
+        await pilot.pause()
+        for ev in fake.CHAT:
+            app.screen.post_message(ev)
+        await pilot.pause(0.3)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert app.clipboard == fake.CHAT[-1].reply
+
+
+async def test_send_without_server_is_a_notice_not_an_error(home):
+    app = Workbench(home, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f2")
+        await pilot.press("h", "i", "ctrl+j")
+        await pilot.pause()
+        assert app.screen.current is None
+        assert any("no server" in n.message for n in app._notifications)
+
+
+async def test_dead_server_dialog_restart_key(home, monkeypatch):
+    app = Workbench(home, live=False)
+    started = []
+    monkeypatch.setattr(app, "start_model", lambda *a: started.append(a))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.post_message(fake.server_started())
+        await pilot.pause()
+        app.post_message(fake.server_died())
+        await pilot.pause(0.2)
+        assert type(app.screen).__name__ == "ServerDiedScreen"
+        assert app.status.health == "dead"
+        await pilot.press("r")
+        await pilot.pause()
+    assert started == [("smollm2:135m", "/models/smollm2.gguf", 4096, "ssd")]
