@@ -114,3 +114,40 @@ async def test_dead_server_dialog_restart_key(home, monkeypatch):
         await pilot.press("r")
         await pilot.pause()
     assert started == [("smollm2:135m", "/models/smollm2.gguf", 4096, "ssd")]
+
+
+def test_bare_diskllm_opens_the_workbench_and_exits_when_the_terminal_goes(home):
+    """`diskllm` in a terminal opens the workbench; closing the terminal (SIGHUP,
+    as an SSH drop does) ends it cleanly, without a traceback."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the terminal is the pty
+        os.environ["TERM"] = "xterm-256color"
+        os.execvp(sys.executable, [sys.executable, "-m", "diskllm"])
+    out = b""
+    deadline = time.monotonic() + 20
+    while b"F1 Models" not in out and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+    os.close(fd)  # the terminal goes away
+    deadline = time.monotonic() + 15
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the workbench kept running after its terminal closed")
+        time.sleep(0.1)
+    assert b"F1 Models" in out
+    assert b"Traceback" not in out
+    assert os.waitstatus_to_exitcode(status) == 0
