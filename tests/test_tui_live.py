@@ -153,3 +153,15 @@ async def test_switch_sessions(bench_home: Home):
         assert chat.history[1]["content"].strip() == alice_reply.strip()
         users = [str(u.render()) for u in chat.query(UserMessage)]
         assert users == ["My name is Alice."]
+
+
+async def test_quit_stops_the_server_it_started(bench_home: Home):
+    app = Workbench(bench_home)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_from_models_pane(app, pilot)
+        pid = app.server.pid
+        await pilot.press("f4")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, timeout=30, what="exit")
+    assert app.return_code == 0
+    assert pid not in [e.pid for e in list_servers(bench_home)]

@@ -84,7 +84,7 @@ class Workbench(App[int]):
         # state
         self.server: ServerEntry | None = None
         self.server_info: GGUFInfo | None = None
-        self.processes: dict[int, object] = {}     # pid -> Popen, servers started here
+        self.processes: dict[int, RunningServer] = {}  # servers started here, by pid
         self.last_start: tuple[str, str, int, str] | None = None  # name, path, ctx, backend
         self.models: m.ModelsLoaded | None = None
         self.pulls: dict[str, PullState] = {}
@@ -116,9 +116,20 @@ class Workbench(App[int]):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGHUP, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, lambda: self.call_later(self.action_quit))
+                loop.add_signal_handler(sig, self._hangup)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
+
+    def _hangup(self) -> None:
+        """Terminal gone (SIGHUP) or SIGTERM: no awaiting on a dead terminal; SIGTERM
+        our servers (they exit on their own; the registry prunes them) and leave."""
+        if self._quitting:
+            return
+        self._quitting = True
+        for server in self.processes.values():
+            if server.process is not None and server.process.poll() is None:
+                server.process.terminate()
+        self.exit(0)
 
     async def action_quit(self) -> None:
         if self._quitting:
@@ -127,11 +138,12 @@ class Workbench(App[int]):
         for group in ("watch", "log", "chat"):
             self.cancel_workers(group)
         # Servers started in this workbench stop with it; adopted ones keep running.
-        entry = self.server
-        if entry is not None and entry.pid in self.processes:
+        mine = [srv for srv in self.processes.values() if srv.process is None or srv.process.poll() is None]
+        if mine:
             self.status = replace(self.status, health="stopping")
+        for server in mine:
             try:
-                await stop_server(RunningServer(entry, self.processes[entry.pid]), grace=5.0)  # type: ignore[arg-type]
+                await stop_server(server, grace=5.0)
             except DiskLLMError:
                 pass
         self.exit(0)
@@ -276,7 +288,7 @@ class Workbench(App[int]):
         except Exception as e:  # never a traceback in the UI
             self.post_message(m.ServerStartFailed(name, f"{type(e).__name__}: {e}"))
             return
-        self.processes[server.pid] = server.process
+        self.processes[server.pid] = server
         info = await asyncio.to_thread(services._info, path)
         self.post_message(m.ServerStarted(server.entry, info, started_here=True))
 
@@ -309,8 +321,8 @@ class Workbench(App[int]):
 
     @work(exclusive=True, group="watch", exit_on_error=False)
     async def _watch(self, entry: ServerEntry) -> None:
-        await services.watch_server(self.home, entry, self.processes.get(entry.pid),  # type: ignore[arg-type]
-                                    self.post_message)
+        started = self.processes.get(entry.pid)
+        await services.watch_server(self.home, entry, started.process if started else None, self.post_message)
 
     @work(exclusive=True, group="log", exit_on_error=False)
     async def _follow_log(self, path: Path) -> None:
@@ -346,7 +358,7 @@ class Workbench(App[int]):
         self.cancel_workers("watch")
         self.status = replace(self.status, health="stopping")
         try:
-            await stop_server(RunningServer(entry, self.processes.pop(entry.pid, None)))  # type: ignore[arg-type]
+            await stop_server(self.processes.pop(entry.pid, None) or entry)
         except DiskLLMError as e:
             self.notify(str(e), severity="error")
         self.post_message(m.ServerStopped(entry))
