@@ -151,3 +151,23 @@ def test_bare_diskllm_opens_the_workbench_and_exits_when_the_terminal_goes(home)
     assert b"F1 Models" in out
     assert b"Traceback" not in out
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_command_palette_commands(home):
+    app = Workbench(home, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for want in ("Pane: Chat", "Start a server", "Stop the server", "Pull a model", "Copy last reply"):
+            assert want in titles
+        # run one through the palette, by keyboard
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        for ch in "Pane: Memory":
+            await pilot.press(ch if ch != " " else "space")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert app.current_mode == "memory"
+        cmd = next(c for c in app.get_system_commands(app.screen) if c.title == "Copy last reply")
+        cmd.callback()   # no chat yet: a notice, no error
+        await pilot.pause()

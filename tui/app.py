@@ -188,7 +188,7 @@ class Workbench(App[int]):
     def copy_last_reply(self) -> None:
         chat = self.panes.get("chat")
         if chat is not None:
-            chat.run_action("copy_reply")  # type: ignore[union-attr]
+            chat.action_copy_reply()  # type: ignore[attr-defined]
         else:
             self.notify("no reply yet", severity="warning")
 
