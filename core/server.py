@@ -163,9 +163,12 @@ def log_tail(path: Path, n: int = 5) -> list[str]:
     except OSError:
         return []
     lines = [ln.strip() for ln in data.splitlines() if not _NOISE.match(ln)]
-    # When the server says why it failed, that beats its start-up chatter.
+    # When the server says why it failed, that beats its start-up chatter; the first
+    # error is usually the cause, the ones after it are the same failure unwinding.
     errors = [ln for ln in lines if _ERRORISH.search(ln) or _LEVEL_E.match(ln)]
-    return (errors or lines)[-n:]
+    if not errors:
+        return lines[-n:]
+    return [errors[0]] + errors[1:][-(n - 1):] if n > 1 else errors[:1]
 
 
 async def start_server(
