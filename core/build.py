@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 from .config import load_config
 from .errors import DiskLLMError
+from .hashing import sha256_file
 from .paths import Home, build_cache_dir
 from .pin import Pin, load_pin, patch_files, patches_dir
 
@@ -47,19 +48,12 @@ class BuildSpec:
         return [] if self.stock else patch_files(self.patches or patches_dir())
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def cache_key(spec: BuildSpec) -> str:
     doc = {
         "recipe": RECIPE_VERSION,
         "pin": [spec.pin.package, spec.pin.version, spec.pin.sha256, spec.pin.subdir],
-        "patches": [[p.name, _sha256_file(p)] for p in spec.patch_list()],
+        "patches": [[p.name, sha256_file(p)] for p in spec.patch_list()],
         "target": spec.pin.target,
         "cmake_flags": list(spec.pin.cmake_flags),
     }
@@ -171,7 +165,7 @@ class _Builder:
         sdist_dir = self.home.src / "sdist"
         sdist_dir.mkdir(parents=True, exist_ok=True)
         path = sdist_dir / pin.sdist_name
-        if path.is_file() and await asyncio.to_thread(_sha256_file, path) == pin.sha256:
+        if path.is_file() and await asyncio.to_thread(sha256_file, path) == pin.sha256:
             self.say(f"using cached {path.name}")
             return path
         path.unlink(missing_ok=True)
@@ -183,7 +177,7 @@ class _Builder:
         )
         if rc != 0 or not path.is_file():
             raise self.fail(f"pip could not download {pin.package}=={pin.version}")
-        got = await asyncio.to_thread(_sha256_file, path)
+        got = await asyncio.to_thread(sha256_file, path)
         if got != pin.sha256:
             bad = path.with_suffix(".bad")
             os.replace(path, bad)
@@ -266,7 +260,7 @@ class _Builder:
             "flavor": self.spec.flavor,
             "pin": {"package": self.spec.pin.package, "version": self.spec.pin.version,
                     "sha256": self.spec.pin.sha256, "llama_cpp_commit": self.spec.pin.llama_cpp_commit},
-            "patches": [{"name": p.name, "sha256": _sha256_file(p)} for p in self.spec.patch_list()],
+            "patches": [{"name": p.name, "sha256": sha256_file(p)} for p in self.spec.patch_list()],
             "cmake_flags": list(self.spec.pin.cmake_flags),
             "recipe": RECIPE_VERSION,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

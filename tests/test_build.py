@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import run_cli
 from diskllm.core.build import BuildSpec, binary_path, cache_key, ensure_server
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.paths import Home

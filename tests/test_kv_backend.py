@@ -3,21 +3,16 @@ clean files, clear faults. Real servers on real models (SmolLM2 dense, Gemma-3 i
 synthesized lfm2 hybrid)."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from conftest import assert_one_line_error, free_port, run_cli
-from diskllm.core.errors import DiskLLMError
 from diskllm.core.paths import Home
 from diskllm.core.server import (
     RunningServer, ServerOptions, kv_files, kv_mapping_resident, memory_of, start_server, stop_server,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 from openai import OpenAI
 
 from conftest import free_port, run_cli
