@@ -165,13 +165,14 @@ class Server:
 
 
 def server_argv(binary: Path, backend: str, model: Path, ctx: int, threads: int, port: int,
-                kv_dir: Path | None, ctx_override: str | None, extra: list[str]) -> list[str]:
+                kv_dir: Path | None, ctx_override: str | None, extra: list[str],
+                kv_window: int = KV_WINDOW) -> list[str]:
     argv = [str(binary), "-m", str(model), "-c", str(ctx), "-ngl", "0", "--parallel", "1",
             "-t", str(threads), "--host", "127.0.0.1", "--port", str(port)]
     if backend in ("ram", "ssd"):
         argv += ["--kv-backend", backend]
     if backend == "ssd":
-        argv += ["--kv-path", str(kv_dir), "--kv-window", str(KV_WINDOW)]
+        argv += ["--kv-path", str(kv_dir), "--kv-window", str(kv_window)]
     if ctx_override:
         argv += ["--override-kv", ctx_override]
     return argv + list(extra)
@@ -219,8 +220,10 @@ class Bench:
     def __init__(self, backend: str, binary: Path, model: Path, ctx: int, fill: int, *, threads: int,
                  ctx_override: str | None, n_predict: int, work: Path, say: Say,
                  cap: int | None = None, cap_fraction: float | None = None,
-                 extra: list[str] | None = None, timeout: float = 900) -> None:
+                 extra: list[str] | None = None, timeout: float = 900, slow_run: float = 240,
+                 kv_window: int = KV_WINDOW) -> None:
         self.backend, self.fill, self.n_predict, self.say, self.timeout = backend, fill, n_predict, say, timeout
+        self.slow_run = slow_run
         self.row: dict[str, Any] = {"backend": backend, "model": model.name, "ctx": ctx, "fill": fill,
                                     "threads": threads, "cap_fraction": cap_fraction, "cap_bytes": cap,
                                     "started": False, "answered": False, "loadavg": [os.getloadavg()[0]]}
@@ -228,7 +231,7 @@ class Bench:
         if self.kv_dir:
             self.kv_dir.mkdir(parents=True, exist_ok=True)
         self.argv = server_argv(binary, backend, model, ctx, threads, _free_port(), self.kv_dir,
-                                ctx_override, extra or [])
+                                ctx_override, extra or [], kv_window)
         self.row["command"] = " ".join(self.argv)
         self.log = work / f"{backend}-{cap_fraction or 'free'}.log"
         self.cap = cap
@@ -293,7 +296,7 @@ class Bench:
             self._fail(e)
 
     def decode_once(self, i: int, runs: int) -> None:
-        if not self.ok:
+        if not self.ok or self.row.get("runs_cut"):
             return
         self.phase = "decoding"
         try:
@@ -314,14 +317,16 @@ class Bench:
                 "read_bytes_per_token": (io1.get("read_bytes", 0) - io0.get("read_bytes", 0)) / n,
                 "majfault_per_token": (cg1.get("pgmajfault", 0) - cg0.get("pgmajfault", 0)) / n,
             })
-        self.say(f"  {self.backend}: decode run {i + 1}/{runs}: {self.tps[-1]:.1f} tok/s ({n} tokens, "
+        if n and self.tps[-1] and n / self.tps[-1] > self.slow_run and i + 1 < runs:
+            self.row["runs_cut"] = f"stopped after {i + 1} run(s): one run took {n / self.tps[-1]:.0f} s"
+        self.say(f"  {self.backend}: decode run {i + 1}/{runs}: {self.tps[-1]:.2f} tok/s ({n} tokens, "
                  f"prompt re-evaluated {t.get('prompt_n')}, load {os.getloadavg()[0]:.1f})")
 
     def finish(self) -> dict[str, Any]:
         row, srv = self.row, self.srv
         try:
-            if self.ok and self.tps:
-                row["answered"] = True
+            if self.tps and srv is not None and (self.ok or srv.alive()):
+                row["answered"] = True  # at least one decode run completed; a later failure stays in "error"
                 row["decode_runs"] = self.tps
                 row["decode_tps"] = statistics.median(self.tps)
                 rb = statistics.median(x["read_bytes_per_token"] for x in self.reads) if self.reads else 0
@@ -380,7 +385,8 @@ def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick
         stock: bool = True, cap_fractions: tuple[float, ...] | list[float] = (),
         threads: int | None = None, runs: int | None = None, n_predict: int | None = None,
         disk_rates: bool | None = None, server: Path | None = None, stock_server: Path | None = None,
-        extra: list[str] | None = None, work_dir: Path | None = None, say: Say = print) -> list[dict]:
+        extra: list[str] | None = None, work_dir: Path | None = None, say: Say = print,
+        kv_window: int = KV_WINDOW, backends: tuple[str, ...] | list[str] | None = None) -> list[dict]:
     """Run the benchmark; one dict per row (kind 'backend', 'cap' or 'disk', plus one 'machine')."""
     if quick:
         ctx, fill = min(ctx, 4096), min(fill, 1000)
@@ -399,8 +405,8 @@ def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick
                          "model_bytes": info.file_size, "kv_bytes_per_token": info.kv_bytes_per_token(),
                          "binaries": {k: str(v) for k, v in bins.items()}, "quick": quick,
                          "runs": runs, "n_predict": n_predict}]
-    order = [b for b in BACKENDS if b != "stock" or stock]
-    common = dict(threads=threads, ctx_override=ctx_override, work=work, say=say, extra=extra)
+    order = [b for b in (backends or BACKENDS) if b != "stock" or stock]
+    common = dict(threads=threads, ctx_override=ctx_override, work=work, say=say, extra=extra, kv_window=kv_window)
     try:
         say(f"{', '.join(order)}: {model_path.name} -c {ctx}, fill {fill} (servers side by side, decode round-robin)")
         benches = [Bench(b, bins["stock" if b == "stock" else "patched"], model_path, ctx, fill,
@@ -472,11 +478,13 @@ def table(rows: list[dict]) -> str:
         out.append("| cap | backend | started | answered | decode tok/s | read from storage / token | KV read rate | cgroup peak MB | what happened |")
         out.append("|---|---|---|---|---:|---:|---:|---:|---|")
         for r in caps:
-            what = r.get("error") or "answered"
+            what = "; ".join(x for x in (r.get("runs_cut"), r.get("error")) if x) or "answered"
+            if r.get("answered") and r.get("error"):
+                what = f"answered {len(r.get('decode_runs', []))} run(s), then: {what}"
             if r.get("oom_kills"):
                 what = f"OOM-killed in the cgroup: {what}"
             out.append(f"| {r['cap_fraction']:g} x = {_mb(r['cap_bytes'])} MB | {r['backend']} | {'yes' if r['started'] else 'no'} "
-                       f"| {'yes' if r['answered'] else 'no'} | {_f(r.get('decode_tps'))} "
+                       f"| {'yes' if r['answered'] else 'no'} | {_f(r.get('decode_tps'), '.2f')} "
                        f"| {_mb(r.get('read_bytes_per_token'))} MB | {_f((r.get('kv_read_Bps') or 0) / 1e6, '.0f') if r.get('answered') else '-'} MB/s "
                        f"| {_mb(r.get('cgroup_peak'))} | {what.replace('|', '/')[:120]} |")
     for d in (r for r in rows if r["kind"] == "disk"):
@@ -498,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap-fraction", type=float, nargs="*", default=[],
                     help="memory-cap runs at F x (KV at fill + weights), e.g. 0.5 0.25")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--kv-window", type=int, default=KV_WINDOW, help="--kv-window for the ssd server (default: as diskllm run)")
+    ap.add_argument("--backends", nargs="+", choices=BACKENDS, help="subset of backends (default: all)")
     ap.add_argument("--runs", type=int, help="decode runs (median); default 5, quick 3")
     ap.add_argument("--n-predict", type=int)
     ap.add_argument("--server", type=Path, help="patched llama-server to use instead of the cached build")
@@ -511,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(a.model, a.ctx, a.fill, a.quick, stock=a.stock, cap_fractions=tuple(a.cap_fraction),
                threads=a.threads, runs=a.runs, n_predict=a.n_predict, disk_rates=a.disk, server=a.server,
                stock_server=a.stock_server, extra=a.extra, work_dir=a.work_dir,
+               kv_window=a.kv_window, backends=a.backends,
                say=lambda s: print(s, file=sys.stderr, flush=True))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
