@@ -386,7 +386,8 @@ def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick
         threads: int | None = None, runs: int | None = None, n_predict: int | None = None,
         disk_rates: bool | None = None, server: Path | None = None, stock_server: Path | None = None,
         extra: list[str] | None = None, work_dir: Path | None = None, say: Say = print,
-        kv_window: int = KV_WINDOW, backends: tuple[str, ...] | list[str] | None = None) -> list[dict]:
+        kv_window: int = KV_WINDOW, backends: tuple[str, ...] | list[str] | None = None,
+        cap_base: str = "fill") -> list[dict]:
     """Run the benchmark; one dict per row (kind 'backend', 'cap' or 'disk', plus one 'machine')."""
     if quick:
         ctx, fill = min(ctx, 4096), min(fill, 1000)
@@ -414,15 +415,18 @@ def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick
         rows += [{"kind": "backend", **r} for r in measure_interleaved(benches, runs)]
         if cap_fractions:
             kv_at_fill = info.kv_bytes_per_token() * fill
-            base = kv_at_fill + info.file_size
+            if cap_base == "ctx":  # issue 7: a fraction of the KV size of the whole context
+                base, base_text = info.kv_bytes_per_token() * ctx, "KV of the whole context"
+            else:  # a fraction of what one decode step touches: KV at the fill + weights
+                base, base_text = kv_at_fill + info.file_size, "KV at the fill + weights"
             for f in cap_fractions:
                 cap = int(f * base)
                 for b in order:
-                    say(f"{b} under a {cap / 2**20:.0f} MiB cap ({f:g} x (KV at fill {kv_at_fill / 2**20:.0f} MiB"
-                        f" + weights {info.file_size / 2**20:.0f} MiB))")
+                    say(f"{b} under a {cap / 2**20:.0f} MiB cap ({f:g} x {base_text} {base / 2**20:.0f} MiB)")
                     rows.append({"kind": "cap", **measure(
                         b, bins["stock" if b == "stock" else "patched"], model_path, ctx, fill,
-                        runs=max(3, runs - 2), n_predict=min(n_predict, 32), cap=cap, cap_fraction=f, **common)})
+                        runs=max(3, runs - 2), n_predict=min(n_predict, 32), cap=cap, cap_fraction=f, **common),
+                        "cap_base": cap_base})
         if disk_rates if disk_rates is not None else bool(cap_fractions):
             say("disk read rates (O_DIRECT, fresh file)")
             rows.append({"kind": "disk", **disk_read_rates(work, 256 if quick else 1024)})
@@ -505,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="include the stock (unpatched) build; built on first use (~5 min)")
     ap.add_argument("--cap-fraction", type=float, nargs="*", default=[],
                     help="memory-cap runs at F x (KV at fill + weights), e.g. 0.5 0.25")
+    ap.add_argument("--cap-base", choices=("fill", "ctx"), default="fill",
+                    help="cap = F x (KV at the fill + weights) [fill], or F x KV of the whole context [ctx]")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--kv-window", type=int, default=KV_WINDOW, help="--kv-window for the ssd server (default: as diskllm run)")
     ap.add_argument("--backends", nargs="+", choices=BACKENDS, help="subset of backends (default: all)")
@@ -521,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(a.model, a.ctx, a.fill, a.quick, stock=a.stock, cap_fractions=tuple(a.cap_fraction),
                threads=a.threads, runs=a.runs, n_predict=a.n_predict, disk_rates=a.disk, server=a.server,
                stock_server=a.stock_server, extra=a.extra, work_dir=a.work_dir,
-               kv_window=a.kv_window, backends=a.backends,
+               kv_window=a.kv_window, backends=a.backends, cap_base=a.cap_base,
                say=lambda s: print(s, file=sys.stderr, flush=True))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
