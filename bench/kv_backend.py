@@ -479,7 +479,7 @@ def table(rows: list[dict]) -> str:
     caps = [r for r in rows if r["kind"] == "cap"]
     if caps:
         out.append("")
-        out.append("| cap | backend | started | answered | decode tok/s | read from storage / token | KV read rate | cgroup peak MB | what happened |")
+        out.append("| cap | backend | started | answered | decode tok/s | read from storage / token | storage read rate (weights + KV) | cgroup peak MB | what happened |")
         out.append("|---|---|---|---|---:|---:|---:|---:|---|")
         for r in caps:
             what = "; ".join(x for x in (r.get("runs_cut"), r.get("error")) if x) or "answered"
