@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _server_flags(p)
     p.add_argument("--headless", action="store_true", help="serve only; Ctrl-C stops the server")
     p.add_argument("--dry-run", action="store_true", help="print the llama-server command and exit")
+    _sampling_flags(p)
     cli_sessions.add_session_flag(p)
     p.set_defaults(func=cmd_run)
 
@@ -48,8 +49,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL|PATH")
     p.add_argument("--no-start", action="store_true", help="fail instead of starting a server")
     _server_flags(p)
+    _sampling_flags(p)
     cli_sessions.add_session_flag(p)
     p.set_defaults(func=cmd_chat)
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, help="sampling temperature for the chat (server default if unset)")
+    p.add_argument("--max-tokens", type=int, help="cap on tokens per reply (default: until the model stops)")
+
+
+def sampling_params(args: argparse.Namespace) -> dict[str, float | int]:
+    """Chat request parameters the user set on the command line."""
+    params: dict[str, float | int] = {}
+    if getattr(args, "temperature", None) is not None:
+        params["temperature"] = args.temperature
+    if getattr(args, "max_tokens", None) is not None:
+        params["max_tokens"] = args.max_tokens
+    return params
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
@@ -211,12 +228,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def _chat(entry: ServerEntry, home: Home, args: argparse.Namespace) -> None:
     if getattr(args, "session", None):
-        cli_sessions.session_repl(entry, home, args.session)
+        cli_sessions.session_repl(entry, home, args.session, sampling_params(args))
     else:
-        chat_repl(entry)
+        chat_repl(entry, sampling_params(args))
 
 
-def chat_repl(entry: ServerEntry) -> None:
+def chat_repl(entry: ServerEntry, params: dict[str, float | int] | None = None) -> None:
     """Plain terminal chat; /bye or Ctrl-D ends it, Ctrl-C stops a reply."""
     print(f"chatting with {entry.model}; /bye or Ctrl-D to quit, Ctrl-C stops a reply", flush=True)
     messages: list[dict[str, str]] = []
@@ -235,7 +252,7 @@ def chat_repl(entry: ServerEntry) -> None:
         messages.append({"role": "user", "content": line})
         reply: list[str] = []
         try:
-            done = asyncio.run(_one_turn(entry, messages, reply))
+            done = asyncio.run(_one_turn(entry, messages, reply, params or {}))
         except KeyboardInterrupt:
             print("\n[interrupted]", flush=True)
             done = None
@@ -247,9 +264,10 @@ def chat_repl(entry: ServerEntry) -> None:
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
-async def _one_turn(entry: ServerEntry, messages: list[dict[str, str]], reply: list[str]) -> ChatDone | None:
+async def _one_turn(entry: ServerEntry, messages: list[dict[str, str]], reply: list[str],
+                    params: dict[str, float | int]) -> ChatDone | None:
     done = None
-    async for ev in stream_chat(entry.base_url, messages):
+    async for ev in stream_chat(entry.base_url, messages, **params):
         if isinstance(ev, ChatDelta):
             reply.append(ev.text)
             sys.stdout.write(ev.text)

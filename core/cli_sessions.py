@@ -130,7 +130,7 @@ async def _open(entry, home: Home, name: str) -> tuple[SessionRunner, Session]:
     return runner, session
 
 
-def session_repl(entry, home: Home, name: str) -> None:
+def session_repl(entry, home: Home, name: str, params: dict[str, float | int] | None = None) -> None:
     """Chat in a session: restore, autosave after each reply, save again on the way out."""
     runner, session = asyncio.run(_open(entry, home, name))
     interactive = sys.stdin.isatty()
@@ -151,7 +151,7 @@ def session_repl(entry, home: Home, name: str) -> None:
             if not text:
                 continue
             try:
-                done = asyncio.run(_turn(runner, session, line))
+                done = asyncio.run(_turn(runner, session, line, params or {}))
             except KeyboardInterrupt:
                 print("\n[interrupted; the turn is not saved]", flush=True)
                 continue
@@ -169,9 +169,10 @@ def session_repl(entry, home: Home, name: str) -> None:
         _final_save(runner, session)
 
 
-async def _turn(runner: SessionRunner, session: Session, text: str) -> TurnDone | None:
+async def _turn(runner: SessionRunner, session: Session, text: str,
+                params: dict[str, float | int]) -> TurnDone | None:
     done = None
-    async for ev in runner.chat_turn(session, text):
+    async for ev in runner.chat_turn(session, text, **params):
         if isinstance(ev, ChatDelta):
             sys.stdout.write(ev.text)
             sys.stdout.flush()

@@ -307,7 +307,7 @@ async def test_kill9_during_autosave_leaves_readable_session(home: Home, smol_se
 def test_cli_run_session_resume_and_list(home: Home, smollm2_path: Path, server_binary: Path, kv_backend: str):
     assert server_binary.is_file()  # the CLI finds it in the shared build cache
     common = ["run", str(smollm2_path), "--session", "demo", "--ctx", "2048", "--kv-backend", kv_backend,
-              "--port", str(free_port()), "--threads", "2"]
+              "--port", str(free_port()), "--threads", "2", "--temperature", "0", "--max-tokens", "48"]
     r = run_cli(*common, input="Name a colour.\nAnother?\n", timeout=300)
     assert r.rc == 0, r.err
     assert "session demo: new" in r.err and "session demo saved" in r.err

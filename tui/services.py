@@ -18,7 +18,7 @@ import httpx
 import psutil
 
 from diskllm.core.build import ensure_server
-from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone
+from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, stream_chat  # noqa: F401 (re-exported for screens)
 from diskllm.core.config import load_config
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.gguf_info import GGUFInfo, read_gguf_info
