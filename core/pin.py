@@ -5,6 +5,7 @@ same way from a checkout, an editable install and a normal install.
 """
 from __future__ import annotations
 
+import platform
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +42,15 @@ class Pin:
         return f"{self.package.replace('-', '_')}-{self.version}.tar.gz"
 
 
-def load_pin(path: Path | None = None) -> Pin:
+def load_pin(path: Path | None = None, machine: str | None = None) -> Pin:
+    """The pin; cmake flags are the common ones plus [build.machine.<arch>] for this CPU."""
     path = path or pin_file()
+    machine = (machine or platform.machine()).lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         pin, build = data["pin"], data["build"]
+        arch_flags = build.get("machine", {}).get(machine, {}).get("cmake_flags", [])
         return Pin(
             package=pin["package"],
             version=pin["version"],
@@ -53,7 +58,7 @@ def load_pin(path: Path | None = None) -> Pin:
             subdir=pin["subdir"],
             llama_cpp_commit=pin.get("llama_cpp_commit", ""),
             target=build.get("target", "llama-server"),
-            cmake_flags=tuple(build["cmake_flags"]),
+            cmake_flags=tuple(build["cmake_flags"]) + tuple(arch_flags),
         )
     except FileNotFoundError:
         raise DiskLLMError(f"pin file missing: {path} (broken install?)") from None

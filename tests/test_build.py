@@ -23,6 +23,16 @@ def test_pin_is_package_data():
     assert "-DLLAMA_BUILD_TESTS=OFF" in pin.cmake_flags
 
 
+def test_machine_flags_appended_per_architecture():
+    # ggml's AMX kernels crash at this pin on some x86_64 CPUs: the x86_64 build turns them off
+    x86, arm = load_pin(machine="x86_64"), load_pin(machine="aarch64")
+    assert x86.cmake_flags[:len(arm.cmake_flags)] == arm.cmake_flags
+    assert any("-mno-amx-int8" in f for f in x86.cmake_flags)
+    assert not any("amx" in f for f in arm.cmake_flags)
+    assert load_pin(machine="AMD64").cmake_flags == x86.cmake_flags
+    assert cache_key(BuildSpec(pin=x86)) != cache_key(BuildSpec(pin=arm))
+
+
 def test_binary_built_and_cached(server_binary: Path, build_home: Home, build_cache: Path):
     assert server_binary.is_file() and os.access(server_binary, os.X_OK)
     assert server_binary.parent.parent == build_cache
