@@ -19,7 +19,7 @@ from diskllm.core.model_index import ModelIndex, model_slug
 from diskllm.core.paths import Home
 from diskllm.core.server import ServerEntry
 from diskllm.core.testmodels import fetch_gemma3, fetch_smollm2
-from fakehub import Blob, FakeHub, FakeHubServer, sha256_of
+from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer, sha256_of
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Pulls against local servers that speak the Ollama-registry and HuggingFace protocols
-and serve the real SmolLM2 GGUF (tests/fakehub.py)."""
+and serve the real SmolLM2 GGUF (bench/localhub.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +25,7 @@ from diskllm.core.pull_hf import HfFile, choose_files, quant_of
 from diskllm.core.pull_progress import CancelToken, PullCancelled, PullEvent
 from diskllm.core.registry import load_registry
 from diskllm.core.testmodels import fetch_smollm2
-from fakehub import Blob, FakeHub, FakeHubServer, build_wheel, sha256_of, write_split_gguf
+from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer, build_wheel, sha256_of, write_split_gguf
 
 SMOL_SIZE = 98_362_432
 

@@ -1,4 +1,4 @@
-"""Pulls from the Models pane against the local fake registry (tests/fakehub.py):
+"""Pulls from the Models pane against the local fake registry (bench/localhub.py):
 two at once with live progress, one cancelled, the other installed."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from diskllm.core.pull_progress import Progress
 from diskllm.core.testmodels import fetch_smollm2
 from diskllm.tui.app import Workbench
 from diskllm.tui.widgets.pull_row import PullRow
-from fakehub import Blob, FakeHub, FakeHubServer
+from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer
 from tui_helpers import wait_for
 
 

@@ -1,4 +1,4 @@
-"""Local HTTP servers speaking the Ollama registry and HuggingFace protocols.
+"""Local HTTP servers speaking the Ollama registry and HuggingFace protocols (tests and the pull benchmark).
 
 One ThreadingHTTPServer on 127.0.0.1:0 serves both:
   Ollama:  GET /v2/{ns}/{name}/manifests/{tag}      docker manifest v2 JSON
