@@ -77,11 +77,17 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.model}-fa_{c.fa}-win{c.window}")
 async def test_ssd_outputs_equal_ram(case: Case, request: pytest.FixtureRequest, home: Home,
-                                     server_binary: Path):
+                                     server_binary: Path, monkeypatch: pytest.MonkeyPatch):
     model = request.getfixturevalue({"smollm2": "smollm2_path", "gemma3": "gemma3_path",
                                      "hybrid": "hybrid_path"}[case.model])
     outputs = {}
-    for backend in ("ram", "ssd"):
+    # "ssd+prefetch": the read-ahead machinery forced on although nothing is paged, so every
+    # graph is planned and its compute split into segments (the path taken under memory
+    # pressure, tested here on every cache kind; test_kv_paging.py runs it under a real cap)
+    for variant in ("ram", "ssd", "ssd+prefetch"):
+        backend = variant.split("+")[0]
+        if variant == "ssd+prefetch":
+            monkeypatch.setenv("DISKLLM_KV_PREFETCH_FORCE", "1")
         server = await _start(home, server_binary, model, backend, window=case.window,
                               extra=["-fa", case.fa])
         try:
@@ -90,12 +96,14 @@ async def test_ssd_outputs_equal_ram(case: Case, request: pytest.FixtureRequest,
                 assert kv_files(home.kv_cache, server.pid), "ssd server made no KV file"
             else:
                 assert not kv_files(home.kv_cache, server.pid)
-            outputs[backend] = await _transcript(server)
+            outputs[variant] = await _transcript(server)
         finally:
             await stop_server(server)
+            monkeypatch.delenv("DISKLLM_KV_PREFETCH_FORCE", raising=False)
     print(f"\n{case}: {outputs['ssd'][0][0][:60]!r}")
     assert all(text and probs for text, probs in outputs["ram"]), outputs
     assert outputs["ssd"] == outputs["ram"]
+    assert outputs["ssd+prefetch"] == outputs["ram"]
 
 
 def _tags(files: list[Path]) -> set[str]:
