@@ -298,14 +298,19 @@ def _help_text(binary: str, mtime: float) -> str:
     return r.stdout + r.stderr
 
 
-def server_supports_kv_flags(binary: str | os.PathLike[str]) -> bool:
-    """Does this llama-server know --kv-backend (i.e. carries our SSD patch)?"""
+def server_supports_flag(binary: str | os.PathLike[str], flag: str) -> bool:
+    """Does this llama-server's --help list `flag`?"""
     b = str(binary)
     try:
         mtime = os.stat(b).st_mtime
     except OSError:
         raise DiskLLMError(f"server binary {b} does not exist") from None
-    return "--kv-backend" in _help_text(b, mtime)
+    return flag in _help_text(b, mtime)
+
+
+def server_supports_kv_flags(binary: str | os.PathLike[str]) -> bool:
+    """Does this llama-server know --kv-backend (i.e. carries our SSD patch)?"""
+    return server_supports_flag(binary, "--kv-backend")
 
 
 def iter_cached_builds(home: Home) -> Iterator[Path]:

@@ -74,7 +74,9 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port; busy -> error (config: port, busy -> next free)")
     p.add_argument("--host", help="bind address (config: host)")
     p.add_argument("--kv-backend", choices=KV_BACKENDS, help="KV cache on ssd or in ram (config: kv_backend)")
-    p.add_argument("--kv-window", type=int, help="tokens of KV kept hot in RAM (config: kv_window)")
+    p.add_argument("--kv-window", type=int, help="newest tokens of KV kept hot while paging (config: kv_window)")
+    p.add_argument("--kv-prefetch", type=int, metavar="MIB",
+                   help="MiB of KV read ahead of compute once it no longer fits in RAM; 0 = off (config: kv_prefetch)")
     p.add_argument("--threads", type=int, help="CPU threads (config: threads; default auto)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra llama-server argument (repeatable; use --server-arg=--flag)")
@@ -114,6 +116,8 @@ def _options(cfg: Config, args: argparse.Namespace, path: Path, name: str) -> Se
         v = getattr(args, flag)
         if v is not None and v <= 0:
             raise DiskLLMError(f"--{flag.replace('_', '-')} must be a positive integer")
+    if args.kv_prefetch is not None and args.kv_prefetch < 0:
+        raise DiskLLMError("--kv-prefetch must be >= 0 (MiB; 0 = off)")
     return ServerOptions(
         model_path=path,
         model_name=name,
@@ -123,6 +127,7 @@ def _options(cfg: Config, args: argparse.Namespace, path: Path, name: str) -> Se
         port_explicit=args.port is not None,
         kv_backend=args.kv_backend or cfg.kv_backend,
         kv_window=args.kv_window or cfg.kv_window,
+        kv_prefetch=cfg.kv_prefetch if args.kv_prefetch is None else args.kv_prefetch,
         threads=args.threads or cfg.threads,
         extra_args=list(args.server_arg),
     )

@@ -20,7 +20,8 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     ctx: int = 4096
-    kv_window: int = 4096
+    kv_window: int = 256
+    kv_prefetch: int = 8  # MiB read ahead of compute once the KV no longer fits in RAM; 0 = off
     threads: int | None = None  # None = let llama-server choose
     kv_backend: str = "ssd"
     server_binary: str | None = None
@@ -44,6 +45,8 @@ def _check(cfg: Config, where: str) -> None:
         v = getattr(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise bad(key, f"must be a positive integer, got {v!r}")
+    if not isinstance(cfg.kv_prefetch, int) or isinstance(cfg.kv_prefetch, bool) or cfg.kv_prefetch < 0:
+        raise bad("kv_prefetch", f"must be an integer >= 0 (MiB; 0 = off), got {cfg.kv_prefetch!r}")
     if not 1 <= cfg.port <= 65535:
         raise bad("port", f"must be 1-65535, got {cfg.port}")
     if cfg.threads is not None and (

@@ -23,7 +23,7 @@ import httpx
 import psutil
 
 from .atomic import atomic_write_text
-from .build import server_supports_kv_flags
+from .build import server_supports_flag, server_supports_kv_flags
 from .errors import DiskLLMError
 from .paths import Home
 
@@ -39,7 +39,8 @@ class ServerOptions:
     port: int = 8080
     port_explicit: bool = False
     kv_backend: str = "ssd"
-    kv_window: int = 4096
+    kv_window: int = 256
+    kv_prefetch: int = 8
     threads: int | None = None
     extra_args: list[str] = field(default_factory=list)
     parallel: int = 1
@@ -138,6 +139,8 @@ def build_argv(home: Home, opts: ServerOptions, binary: Path, port: int | None =
     if server_supports_kv_flags(binary):
         argv += ["--kv-backend", opts.kv_backend, "--kv-path", str(home.kv_cache),
                  "--kv-window", str(opts.kv_window)]
+        if opts.kv_backend == "ssd" and server_supports_flag(binary, "--kv-prefetch"):
+            argv += ["--kv-prefetch", str(opts.kv_prefetch)]
     elif opts.kv_backend != "ram":
         raise DiskLLMError(
             f"{binary} has no SSD KV backend (no --kv-backend flag); "

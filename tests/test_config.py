@@ -27,7 +27,7 @@ def test_home_layout(home: Home, monkeypatch):
 def test_defaults_without_file(home: Home):
     cfg = load_config(home)
     assert (cfg.host, cfg.port, cfg.ctx, cfg.kv_window, cfg.threads, cfg.kv_backend, cfg.server_binary) == (
-        "127.0.0.1", 8080, 4096, 4096, None, "ssd", None)
+        "127.0.0.1", 8080, 4096, 256, None, "ssd", None)
 
 
 def test_round_trip_keeps_other_sections(home: Home):

@@ -279,7 +279,8 @@ class Workbench(App[int]):
     async def _start(self, name: str, path: str, ctx: int, backend: str) -> None:
         cfg = self.cfg
         opts = ServerOptions(model_path=Path(path), model_name=name, ctx=ctx, host=cfg.host, port=cfg.port,
-                             kv_backend=backend, kv_window=cfg.kv_window, threads=cfg.threads)
+                             kv_backend=backend, kv_window=cfg.kv_window,
+                             kv_prefetch=cfg.kv_prefetch, threads=cfg.threads)
         try:
             server = await services.start_model(self.home, opts, self.post_message)
         except DiskLLMError as e:
