@@ -45,7 +45,7 @@ Say = Callable[[str], None]
 
 MODELS = ("smollm2", "gemma3", "qwen7b-geom", "hybrid")
 BACKENDS = ("stock", "ram", "ssd")
-KV_WINDOW = 4096  # what `diskllm run` passes by default (core.server.ServerOptions)
+KV_WINDOW = 256  # what `diskllm run` passes by default (core.server.ServerOptions)
 
 
 def resolve_model(name: str) -> Path:
@@ -67,9 +67,16 @@ def resolve_model(name: str) -> Path:
     raise SystemExit(f"error: unknown model {name!r} (one of {', '.join(MODELS)} or a .gguf path)")
 
 
+TESTS_BUILD_CACHE = Path.home() / ".cache" / "diskllm" / "build"  # tests/conftest.py's default
+
+
 def build_home() -> Home:
-    """Where builds are cached: $DISKLLM_BUILD_CACHE (as the tests use) or the user's home."""
+    """Where builds are cached: $DISKLLM_BUILD_CACHE, else the tests' shared cache if it
+    exists (one build serves tests and benchmarks), else the user's home."""
     env = os.environ.get("DISKLLM_BUILD_CACHE")
+    if not env and TESTS_BUILD_CACHE.is_dir():
+        env = str(TESTS_BUILD_CACHE)
+        os.environ["DISKLLM_BUILD_CACHE"] = env  # build_cache_dir() reads it
     if env:
         return Home(Path(env).expanduser() / ".home").ensure()
     return Home.from_env().ensure()
@@ -179,11 +186,12 @@ def server_argv(binary: Path, backend: str, model: Path, ctx: int, threads: int,
 
 
 def start(argv: list[str], log: Path, kv_dir: Path | None, cgroup: MemoryCgroup | None,
-          timeout: float) -> tuple[Server, str | None]:
+          timeout: float, env: dict[str, str] | None = None) -> tuple[Server, str | None]:
     """Start and wait for /health. Returns (server, None) or (server, why it did not start)."""
     port = int(argv[argv.index("--port") + 1])
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **env} if env else None,
                                 preexec_fn=cgroup.preexec if cgroup else None)
     srv = Server(proc, port, argv, log, kv_dir)
     deadline = time.monotonic() + timeout
@@ -221,19 +229,24 @@ class Bench:
                  ctx_override: str | None, n_predict: int, work: Path, say: Say,
                  cap: int | None = None, cap_fraction: float | None = None,
                  extra: list[str] | None = None, timeout: float = 900, slow_run: float = 240,
-                 kv_window: int = KV_WINDOW) -> None:
+                 kv_window: int = KV_WINDOW, env: dict[str, str] | None = None, label: str | None = None) -> None:
         self.backend, self.fill, self.n_predict, self.say, self.timeout = backend, fill, n_predict, say, timeout
         self.slow_run = slow_run
         self.row: dict[str, Any] = {"backend": backend, "model": model.name, "ctx": ctx, "fill": fill,
                                     "threads": threads, "cap_fraction": cap_fraction, "cap_bytes": cap,
                                     "started": False, "answered": False, "loadavg": [os.getloadavg()[0]]}
-        self.kv_dir = work / f"kv-{backend}" if backend == "ssd" else None
+        self.kv_dir = work / f"kv-{label or backend}" if backend == "ssd" else None
         if self.kv_dir:
             self.kv_dir.mkdir(parents=True, exist_ok=True)
         self.argv = server_argv(binary, backend, model, ctx, threads, _free_port(), self.kv_dir,
                                 ctx_override, extra or [], kv_window)
         self.row["command"] = " ".join(self.argv)
-        self.log = work / f"{backend}-{cap_fraction or 'free'}.log"
+        self.env = env
+        self.label = label or backend
+        self.row["variant"] = self.label
+        if env:
+            self.row["command"] = " ".join(f"{k}={v}" for k, v in env.items()) + " " + self.row["command"]
+        self.log = work / f"{self.label}-{cap_fraction or 'free'}.log"
         self.cap = cap
         self.cg: MemoryCgroup | None = None
         self.srv: Server | None = None
@@ -256,7 +269,7 @@ class Bench:
         msg = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
         self.row["error"] = (f"server died ({_exit_text(self.srv.proc.returncode)}) while {self.phase}"
                              if died else f"{msg} while {self.phase}")
-        self.say(f"  {self.backend}: {self.row['error']}")
+        self.say(f"  {self.label}: {self.row['error']}")
 
     def start(self) -> None:
         if self.cap is not None:
@@ -264,15 +277,15 @@ class Bench:
                 self.cg = MemoryCgroup(self.cap)
             except CgroupUnavailable as e:
                 self.row["error"] = f"skipped: {e}"
-                self.say(f"  {self.backend}: memory cap skipped: {e}")
+                self.say(f"  {self.label}: memory cap skipped: {e}")
                 return
             self.row["cgroup"] = str(self.cg.path)
-        self.srv, why = start(self.argv, self.log, self.kv_dir, self.cg, timeout=180)
+        self.srv, why = start(self.argv, self.log, self.kv_dir, self.cg, timeout=180, env=self.env)
         if why:
             self.row["error"] = f"did not start: {why}"
             self.row["log_tail"] = self.srv.log_tail()
             self.row["exit"] = _exit_text(self.srv.proc.returncode)
-            self.say(f"  {self.backend}: {self.row['error']}")
+            self.say(f"  {self.label}: {self.row['error']}")
             return
         self.row["started"] = True
         self.row["pid"] = self.srv.proc.pid
@@ -286,7 +299,7 @@ class Bench:
             if len(toks) < self.fill:
                 raise RuntimeError(f"only {len(toks)} tokens of text")
             self.prompt = toks[:self.fill]  # real text cut to exactly `fill` tokens
-            self.say(f"  {self.backend}: filling {self.fill} tokens")
+            self.say(f"  {self.label}: filling {self.fill} tokens")
             r = _post(self.srv.url + "/completion", {"prompt": self.prompt, "n_predict": 1, "temperature": 0,
                                                      "cache_prompt": True}, self.timeout)
             t = r.get("timings", {})
@@ -319,7 +332,7 @@ class Bench:
             })
         if n and self.tps[-1] and n / self.tps[-1] > self.slow_run and i + 1 < runs:
             self.row["runs_cut"] = f"stopped after {i + 1} run(s): one run took {n / self.tps[-1]:.0f} s"
-        self.say(f"  {self.backend}: decode run {i + 1}/{runs}: {self.tps[-1]:.2f} tok/s ({n} tokens, "
+        self.say(f"  {self.label}: decode run {i + 1}/{runs}: {self.tps[-1]:.2f} tok/s ({n} tokens, "
                  f"prompt re-evaluated {t.get('prompt_n')}, load {os.getloadavg()[0]:.1f})")
 
     def finish(self) -> dict[str, Any]:
@@ -387,8 +400,9 @@ def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick
         disk_rates: bool | None = None, server: Path | None = None, stock_server: Path | None = None,
         extra: list[str] | None = None, work_dir: Path | None = None, say: Say = print,
         kv_window: int = KV_WINDOW, backends: tuple[str, ...] | list[str] | None = None,
-        cap_base: str = "fill") -> list[dict]:
-    """Run the benchmark; one dict per row (kind 'backend', 'cap' or 'disk', plus one 'machine')."""
+        cap_base: str = "fill", uncapped: bool = True) -> list[dict]:
+    """Run the benchmark; one dict per row (kind 'backend', 'cap' or 'disk', plus one 'machine').
+    uncapped=False skips the side-by-side run without a cap (only the capped rows)."""
     if quick:
         ctx, fill = min(ctx, 4096), min(fill, 1000)
     runs = runs or (3 if quick else 5)
@@ -409,10 +423,11 @@ def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick
     order = [b for b in (backends or BACKENDS) if b != "stock" or stock]
     common = dict(threads=threads, ctx_override=ctx_override, work=work, say=say, extra=extra, kv_window=kv_window)
     try:
-        say(f"{', '.join(order)}: {model_path.name} -c {ctx}, fill {fill} (servers side by side, decode round-robin)")
-        benches = [Bench(b, bins["stock" if b == "stock" else "patched"], model_path, ctx, fill,
-                         n_predict=n_predict, **common) for b in order]
-        rows += [{"kind": "backend", **r} for r in measure_interleaved(benches, runs)]
+        if uncapped:
+            say(f"{', '.join(order)}: {model_path.name} -c {ctx}, fill {fill} (servers side by side, decode round-robin)")
+            benches = [Bench(b, bins["stock" if b == "stock" else "patched"], model_path, ctx, fill,
+                             n_predict=n_predict, **common) for b in order]
+            rows += [{"kind": "backend", **r} for r in measure_interleaved(benches, runs)]
         if cap_fractions:
             kv_at_fill = info.kv_bytes_per_token() * fill
             if cap_base == "ctx":  # issue 7: a fraction of the KV size of the whole context
@@ -518,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-predict", type=int)
     ap.add_argument("--server", type=Path, help="patched llama-server to use instead of the cached build")
     ap.add_argument("--stock-server", type=Path, help="stock llama-server to use instead of the cached build")
+    ap.add_argument("--uncapped", action=argparse.BooleanOptionalAction, default=True,
+                    help="the side-by-side run without a cap (--no-uncapped: capped rows only)")
     ap.add_argument("--disk", action=argparse.BooleanOptionalAction, default=None,
                     help="measure disk read rates (default: with caps)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -527,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(a.model, a.ctx, a.fill, a.quick, stock=a.stock, cap_fractions=tuple(a.cap_fraction),
                threads=a.threads, runs=a.runs, n_predict=a.n_predict, disk_rates=a.disk, server=a.server,
                stock_server=a.stock_server, extra=a.extra, work_dir=a.work_dir,
-               kv_window=a.kv_window, backends=a.backends, cap_base=a.cap_base,
+               kv_window=a.kv_window, backends=a.backends, cap_base=a.cap_base, uncapped=a.uncapped,
                say=lambda s: print(s, file=sys.stderr, flush=True))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

@@ -6,8 +6,9 @@ One ThreadingHTTPServer on 127.0.0.1:0 serves both:
   HF:      GET /api/models/{org}/{repo}/tree/{rev}   list as the Hub returns it (type/oid/size/path/lfs)
            GET /{org}/{repo}/resolve/{rev}/{path}    302 -> /cdn-hf/... for LFS files (Range supported)
   Plain:   GET/HEAD /files/{name}                    a direct .gguf URL
-Knobs: `drop_after` closes each body after N bytes (a flaky link), `body_bytes`
-counts payload bytes actually sent, `requests` logs (method, path, Range).
+Knobs: `drop_after` closes each body after N bytes (a flaky link), `stall_after`
+blocks it, `rate` paces it (a link of that speed), `body_bytes` counts payload
+bytes actually sent, `requests` logs (method, path, Range).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,6 +66,7 @@ class FakeHub:
     files: dict[str, Blob] = field(default_factory=dict)               # /files/{name}
     drop_after: int | None = None      # close each blob body after this many bytes
     stall_after: int | None = None     # block each blob body after this many bytes until `release` is set
+    rate: float | None = None          # pace each blob body at this many bytes/s (a network link), None = as fast as possible
     release: threading.Event = field(default_factory=threading.Event)
     body_bytes: int = 0
     served: dict[str, int] = field(default_factory=dict)  # path -> payload bytes sent
@@ -143,6 +146,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             sent, pos = 0, start
             limit = hub.drop_after
+            t0 = time.monotonic()
             while pos < end:
                 n = min(1 << 20, end - pos)
                 if hub.stall_after is not None and not hub.release.is_set():
@@ -170,6 +174,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     hub.served[self.path] = hub.served.get(self.path, 0) + len(data)
                 sent += len(data)
                 pos += len(data)
+                if hub.rate:
+                    ahead = sent / hub.rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
 
         def do_HEAD(self) -> None:
             self.do_GET()

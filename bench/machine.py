@@ -65,7 +65,8 @@ def describe(kv_dir: Path | None = None) -> dict[str, str]:
     }
 
 
-def _drop_file_cache(path: Path) -> None:
+def drop_file_cache(path: Path) -> None:
+    """Evict a file's clean pages from the page cache, so the next reader reads (and is charged for) them."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -89,7 +90,7 @@ def disk_read_rates(directory: Path, size_mib: int = 1024, rand_seconds: float =
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        _drop_file_cache(path)
+        drop_file_cache(path)
         buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT needs
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
         try:

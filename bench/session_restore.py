@@ -36,13 +36,13 @@ from typing import Any
 
 import httpx
 
+from diskllm.bench.kv_backend import build_home
 from diskllm.core.build import ensure_server, server_supports_kv_flags
 from diskllm.core.gguf_info import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.server import ServerOptions, start_server, stop_server
 from diskllm.core.sessions import ModelInfo, SessionRunner, SessionStore
 
-SHARED_BUILD_CACHE = Path.home() / ".cache" / "diskllm" / "build"
 WORDS = ("river stone lantern orchard copper meadow harbor violet thunder garden silver "
          "canyon ember willow marble falcon cedar prairie glacier saffron").split()
 
@@ -110,9 +110,7 @@ async def measure(model: str, tokens_list: list[int], *, threads: int = 2, kv_ba
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="diskllm-bench-sess-") as tmp:
         home = Home(Path(tmp)).ensure()
-        if not os.environ.get("DISKLLM_BUILD_CACHE") and SHARED_BUILD_CACHE.is_dir():
-            os.environ["DISKLLM_BUILD_CACHE"] = str(SHARED_BUILD_CACHE)  # the tests' build
-        binary = await ensure_server(Home.from_env(), progress=None, use_override=False)
+        binary = await ensure_server(build_home(), progress=None, use_override=False)
         if not server_supports_kv_flags(binary):
             kv_backend = "ram"
         opts = ServerOptions(model_path=path, ctx=ctx, port=_free_port(), port_explicit=True,

@@ -51,7 +51,7 @@ def test_unknown_key_is_named(home: Home):
 
 @pytest.mark.parametrize("text, key", [
     ('port = "x"\n', "port"), ("port = 70000\n", "port"), ("ctx = 0\n", "ctx"),
-    ('kv_backend = "disk"\n', "kv_backend"), ("threads = -1\n", "threads"),
+    ('kv_backend = "disk"\n', "kv_backend"), ("threads = -1\n", "threads"), ("kv_prefetch = -2\n", "kv_prefetch"),
 ])
 def test_bad_values_are_named(home: Home, text: str, key: str):
     home.ensure()
@@ -96,7 +96,7 @@ def test_every_setting_takes_effect(home: Home, smollm2_path: Path, server_binar
     custom = tmp_path / "my-llama-server"
     custom.symlink_to(server_binary)
     port = free_port()
-    save_config(home, Config(host="0.0.0.0", port=port, ctx=1234, kv_window=777, threads=2,
+    save_config(home, Config(host="0.0.0.0", port=port, ctx=1234, kv_window=777, kv_prefetch=3, threads=2,
                              kv_backend="ram", server_binary=str(custom)))
     argv = _dry_run(str(smollm2_path))
     assert argv[0] == str(custom)
@@ -110,6 +110,9 @@ def test_every_setting_takes_effect(home: Home, smollm2_path: Path, server_binar
         assert _flag(argv, "--kv-backend") == "ram"
         assert _flag(argv, "--kv-window") == "777"
         assert _flag(argv, "--kv-path") == str(home.kv_cache)
+        assert "--kv-prefetch" not in argv  # read-ahead only applies to the ssd backend
+        save_config(home, Config(port=port, kv_prefetch=3, server_binary=str(custom)))
+        assert _flag(_dry_run(str(smollm2_path)), "--kv-prefetch") == "3"
     else:
         assert "--kv-backend" not in argv
         # kv_backend = "ssd" on a server without the SSD backend is refused, not ignored.
@@ -129,6 +132,10 @@ def test_flags_override_config(home: Home, smollm2_path: Path, server_binary: Pa
     assert argv[-2:] == ["--seed", "7"]
     if kv_backend == "ssd":
         assert _flag(argv, "--kv-backend") == "ram" and _flag(argv, "--kv-window") == "55"
+        argv = _dry_run(str(smollm2_path), "--kv-prefetch", "0")
+        assert _flag(argv, "--kv-prefetch") == "0"  # 0 (off) is a value, not "unset"
+        assert_one_line_error(run_cli("run", str(smollm2_path), "--kv-prefetch", "-1", "--dry-run"),
+                              "--kv-prefetch must be >= 0")
 
 
 def test_tomli_w_available():

@@ -1,0 +1,184 @@
+"""KV paging benchmark (issue 8): page faults vs the prefetcher under memory caps.
+
+One model and fill, in one go:
+1. without a cap, patched `ram` beside patched `ssd` with the prefetcher off
+   (`--kv-prefetch 0`) and on (the default): the prefetcher must cost nothing
+   while everything is resident; the ssd server's private memory (RssAnon) is read
+   here;
+2. under caps of F x (KV used + weights) on top of that private memory (a child
+   memory cgroup of RssAnon + F x (KV bytes at the fill + model file)), each
+   variant alone: decode tok/s, bytes read from storage per token
+   (/proc/PID/io read_bytes), the storage read rate, and the disk's own
+   sequential O_DIRECT read rate measured in the same run.
+
+The model file's pages are dropped from the page cache before every capped
+server, so its weights are read by (and charged to) the capped server.
+
+    python -m bench.kv_paging --model smollm2 --ctx 8192 --fill 7000
+    python -m bench.kv_paging --quick
+
+Importable: run(...) -> list[dict]; table(rows) -> Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from diskllm.bench.kv_backend import KV_WINDOW, Bench, Say, binaries, measure, measure_interleaved, resolve_model
+from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
+from diskllm.core.gguf_info import read_gguf_info
+
+# name -> (extra llama-server flags, environment). "prefetch" is what `diskllm run` does
+# (--kv-prefetch 8 --kv-evict auto --kv-advice sequential); the others isolate one choice.
+VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "faults": (["--kv-prefetch", "0"], {}),
+    "prefetch": ([], {}),
+    "prefetch-cold": (["--kv-evict", "cold"], {}),
+    "prefetch-none": (["--kv-evict", "none"], {}),
+    "prefetch-normal": (["--kv-advice", "normal"], {}),
+    "prefetch-16": (["--kv-prefetch", "16"], {}),
+    # the read-ahead machinery switched on although nothing is paged: what it costs
+    "prefetch-forced": ([], {"DISKLLM_KV_PREFETCH_FORCE": "1"}),
+}
+DEFAULT_VARIANTS = ("faults", "prefetch")
+
+
+def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick: bool = False, *,
+        fractions: tuple[float, ...] | list[float] = (0.5, 0.25),
+        variants: tuple[str, ...] | list[str] = DEFAULT_VARIANTS, threads: int | None = None,
+        runs: int | None = None, n_predict: int | None = None, server: Path | None = None,
+        kv_window: int = KV_WINDOW, extra: list[str] | None = None, work_dir: Path | None = None,
+        say: Say = print) -> list[dict]:
+    """Rows: one 'machine', 'free' rows (no cap), 'paging' rows (under caps), one 'disk'."""
+    if quick:
+        ctx, fill = min(ctx, 2048), min(fill, 1000)
+    runs = runs or (2 if quick else 3)
+    n_predict = n_predict or (8 if quick else 32)
+    threads = threads or len(os.sched_getaffinity(0))
+    model_path = model if isinstance(model, Path) else resolve_model(str(model))
+    info = read_gguf_info(model_path)
+    ctx_override = f"{info.arch}.context_length=int:{ctx}" if info.context_length and ctx > info.context_length else None
+    binary = binaries(False, say, server, None)["patched"]
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="diskllm-paging-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    work.mkdir(parents=True, exist_ok=True)
+    kv_used = info.kv_bytes_per_token() * fill
+    rows: list[dict] = [{"kind": "machine", **describe(work), "model": model_path.name, "model_bytes": info.file_size,
+                         "kv_bytes_per_token": info.kv_bytes_per_token(), "kv_used": kv_used, "quick": quick,
+                         "runs": runs, "n_predict": n_predict, "binary": str(binary)}]
+    common: dict[str, Any] = dict(threads=threads, ctx_override=ctx_override, work=work, say=say, kv_window=kv_window)
+
+    base_flags = list(extra or [])
+
+    def bench(backend: str, variant: str, **kw: Any) -> Bench:
+        flags, env = VARIANTS[variant] if backend == "ssd" else ([], {})
+        return Bench(backend, binary, model_path, ctx, fill, n_predict=n_predict, extra=base_flags + flags, env=env,
+                     label=variant if backend == "ssd" else backend, **common, **kw)
+
+    try:
+        say(f"no cap: ram, ssd faults, ssd prefetch (idle and forced on) side by side ({model_path.name} -c {ctx}, fill {fill})")
+        free = measure_interleaved([bench("ram", "ram"), bench("ssd", "faults"), bench("ssd", "prefetch"),
+                                    bench("ssd", "prefetch-forced")], runs + (0 if quick else 2))
+        rows += [{"kind": "free", **r} for r in free]
+        private = next((r.get("rss_anon") for r in free if r.get("variant") == "prefetch" and r.get("answered")), None)
+        if private is None:
+            raise RuntimeError("the ssd server did not answer without a cap: " + "; ".join(
+                str(r.get("error")) for r in free))
+        base = kv_used + info.file_size
+        for f in fractions:
+            cap = int(private + f * base)
+            for v in variants:
+                say(f"{v} under {cap / 2**20:.0f} MiB = RssAnon {private / 2**20:.0f} + {f:g} x "
+                    f"(KV {kv_used / 2**20:.0f} + weights {info.file_size / 2**20:.0f}) MiB")
+                drop_file_cache(model_path)
+                flags, env = VARIANTS[v]
+                r = measure("ssd", binary, model_path, ctx, fill, runs=runs, n_predict=n_predict, cap=cap,
+                            cap_fraction=f, extra=base_flags + flags, env=env, label=v, **common)
+                rows.append({"kind": "paging", **r, "private_base": private, "paged_base": base})
+        say("disk read rates (O_DIRECT, fresh file)")
+        rows.append({"kind": "disk", **disk_read_rates(work, 256 if quick else 1024)})
+    finally:
+        if not work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def _f(v: Any, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> str:
+    m = next((r for r in rows if r["kind"] == "machine"), {})
+    disk = next((r for r in rows if r["kind"] == "disk"), None)
+    seq = disk["seq_read_Bps"] if disk else None
+    out = []
+    free = [r for r in rows if r["kind"] == "free"]
+    if free:
+        r0 = free[0]
+        out += [f"{m.get('model')} -c {r0['ctx']}, {r0['fill']} tokens filled, no cap, decode = median of "
+                f"{len(r0.get('decode_runs') or [])} x {m.get('n_predict')} tokens:", "",
+                "| server | decode tok/s | vs ram | RssAnon MB | KV resident MB |", "|---|---:|---:|---:|---:|"]
+        ram = next((r.get("decode_tps") for r in free if r["variant"] == "ram"), None)
+        for r in free:
+            tps = r.get("decode_tps")
+            out.append(f"| {r['variant'] if r['backend'] == 'ram' else 'ssd ' + r['variant']} | {_f(tps, '.2f')} "
+                       f"| {_f(tps / ram if tps and ram else None, '.2f')} | {_f((r.get('rss_anon') or 0) / 1e6, '.0f')} "
+                       f"| {_f(r['kv_resident'] / 1e6 if r.get('kv_resident') is not None else None, '.0f')} |")
+    paging = [r for r in rows if r["kind"] == "paging"]
+    if paging:
+        out += ["", "| cap | ssd variant | decode tok/s | vs faults | read / token MB | / working set "
+                "| storage read rate MB/s | x disk sequential | cgroup peak MB | note |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in paging:
+            ok = r.get("answered")
+            rate = r.get("kv_read_Bps") if ok else None
+            per_tok = r.get("read_bytes_per_token") if ok else None
+            faults = next((x.get("decode_tps") for x in paging
+                           if x["variant"] == "faults" and x["cap_fraction"] == r["cap_fraction"]), None)
+            tps = r.get("decode_tps")
+            note = "; ".join(x for x in (r.get("runs_cut"), r.get("error")) if x) or ""
+            out.append(f"| {r['cap_fraction']:g} = {r['cap_bytes'] / 1e6:.0f} MB | {r['variant']} | {_f(tps, '.2f')} "
+                       f"| {_f(tps / faults if tps and faults else None, '.2f')} "
+                       f"| {_f(per_tok / 1e6 if per_tok else None, '.0f')} "
+                       f"| {_f(per_tok / r['paged_base'] if per_tok and r.get('paged_base') else None, '.2f')} "
+                       f"| {_f(rate / 1e6 if rate else None, '.0f')} | {_f(rate / seq if rate and seq else None, '.2f')} "
+                       f"| {_f((r.get('cgroup_peak') or 0) / 1e6, '.0f')} | {note.replace('|', '/')[:100]} |")
+    if disk:
+        out += ["", f"Disk, same run ({disk['test_file_mib']} MiB fresh file, O_DIRECT): sequential 1 MiB reads "
+                f"{disk['seq_read_Bps'] / 1e6:.0f} MB/s; random 4 KiB reads {disk['rand4k_read_Bps'] / 1e6:.0f} MB/s"]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.kv_paging", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--ctx", type=int, default=8192)
+    ap.add_argument("--fill", type=int, default=7000)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25])
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(DEFAULT_VARIANTS))
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--n-predict", type=int)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--kv-window", type=int, default=KV_WINDOW)
+    ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("extra", nargs="*", help="after --: extra llama-server flags for every server (e.g. -ctk q8_0 -ctv q8_0)")
+    ap.add_argument("--work-dir", type=Path)
+    a = ap.parse_args(argv)
+    rows = run(a.model, a.ctx, a.fill, a.quick, fractions=a.fractions, variants=a.variants, runs=a.runs,
+               n_predict=a.n_predict, threads=a.threads, server=a.server, kv_window=a.kv_window,
+               extra=a.extra, work_dir=a.work_dir, say=lambda s: print(s, file=sys.stderr, flush=True))
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
