@@ -73,7 +73,15 @@ class FakeHub:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     auth: list[tuple[str, str | None]] = field(default_factory=list)   # (path, Authorization)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    active: int = 0                    # blob bodies being sent right now
     url: str = ""
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no blob body is being sent: a cancelled client's handler may
+        still push a buffered chunk after the client hung up."""
+        deadline = time.monotonic() + timeout
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     # -- content ------------------------------------------------------------
     def add_blob(self, blob: Blob, digest: str | None = None) -> tuple[str, int]:
@@ -144,6 +152,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command == "HEAD":
                 return
+            with hub.lock:
+                hub.active += 1
+            try:
+                self._send_body(blob, start, end)
+            finally:
+                with hub.lock:
+                    hub.active -= 1
+
+        def _send_body(self, blob: Blob, start: int, end: int) -> None:
             sent, pos = 0, start
             limit = hub.drop_after
             t0 = time.monotonic()

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.pull_body import BodyTransfer, sync_client_like
 from diskllm.core.pull_progress import CancelToken, Progress
 
 CHUNK = 1 << 20
@@ -162,54 +163,54 @@ async def download_file(client: httpx.AsyncClient, job: FileJob, progress: Progr
 
     attempt = 0
     total = job.size
-    while total is None or offset < total:
-        cancel.check()
-        headers = dict(job.headers)
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        try:
-            async with client.stream("GET", job.url, headers=headers) as resp:
-                if resp.status_code == 416 and total is not None and offset == total:
-                    break
-                if resp.status_code >= 400:
-                    raise _http_error(job.url, resp.status_code)
-                if offset and resp.status_code != 206:
-                    # Server ignored Range: start over rather than append a second copy.
-                    progress.done -= offset
-                    offset, h = 0, hashlib.sha256()
-                    part.unlink(missing_ok=True)
-                if total is None:
-                    length = resp.headers.get("Content-Length")
-                    total = offset + int(length) if length is not None else None
-                    if total is not None and progress.total is None:
-                        progress.set("download", total=total)
-                progress.phase = "download"
-                with open(part, "ab") as f:
-                    async for chunk in resp.aiter_bytes(CHUNK):
-                        cancel.check()
-                        f.write(chunk)
-                        h.update(chunk)
-                        offset += len(chunk)
-                        progress.advance(len(chunk))
-                        if total is not None and offset > total:
-                            break
-                if total is None:
-                    total = offset  # no Content-Length: the server closing the body is the end
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            if attempt == 0 and offset == 0:
-                raise _connect_error(job.url, e) from None
-            attempt += 1
-            if attempt > retries:
-                raise _connect_error(job.url, e) from None
-            await asyncio.sleep(min(2.0, 0.2 * attempt))
-        except (httpx.TransportError, httpx.DecodingError) as e:
-            # Dropped mid-body: keep what we have and ask for the rest.
-            attempt += 1
-            if attempt > retries:
-                raise DiskLLMError(f"download of {dest.name} kept failing ({type(e).__name__}); "
-                                   f"{_mb(offset)} kept, run pull again to resume") from None
-            progress.emit(f"connection dropped at {_mb(offset)}, resuming")
-            await asyncio.sleep(min(2.0, 0.2 * attempt))
+
+    def report(n: int, known_total: int | None) -> None:
+        if known_total is not None and progress.total is None:
+            progress.set("download", total=known_total)
+        progress.phase = "download"
+        progress.advance(n)
+
+    sync_client = sync_client_like(client)
+    try:
+        while total is None or offset < total:
+            cancel.check()
+            headers = dict(job.headers)
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            transfer = BodyTransfer(sync_client, job.url, headers, part, offset, total, h, cancel)
+            try:
+                res = await transfer.run(report)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                offset, h = transfer.offset, transfer.sha
+                if attempt == 0 and offset == 0:
+                    raise _connect_error(job.url, e) from None
+                attempt += 1
+                if attempt > retries:
+                    raise _connect_error(job.url, e) from None
+                await asyncio.sleep(min(2.0, 0.2 * attempt))
+                continue
+            except (httpx.TransportError, httpx.DecodingError) as e:
+                # Dropped mid-body: keep what we have and ask for the rest.
+                offset, h = transfer.offset, transfer.sha
+                attempt += 1
+                if attempt > retries:
+                    raise DiskLLMError(f"download of {dest.name} kept failing ({type(e).__name__}); "
+                                       f"{_mb(offset)} kept, run pull again to resume") from None
+                progress.emit(f"connection dropped at {_mb(offset)}, resuming")
+                await asyncio.sleep(min(2.0, 0.2 * attempt))
+                continue
+            if res.status == 416 and total is not None and offset == total:
+                break
+            if res.status >= 400:
+                raise _http_error(job.url, res.status)
+            if res.restarted:
+                progress.done -= offset
+            offset, h = transfer.offset, transfer.sha
+            if total is None:
+                # no Content-Length: the server closing the body is the end
+                total = res.total if res.total is not None else offset
+    finally:
+        sync_client.close()
 
     if total is not None and offset != total:
         part.unlink(missing_ok=True)

@@ -222,6 +222,7 @@ async def test_cancel_keeps_partial_and_next_pull_resumes(home, hub):
     part = home.models / model_slug("hf.co/org/smol-GGUF:Q4_K_M") / "SmolLM2-135M-Instruct-Q4_K_M.gguf.partial"
     have = part.stat().st_size
     assert have > 40 << 20
+    hub.wait_idle()
     hub.body_bytes = 0
     hub.requests.clear()
     m = await pull(home, "org/smol-GGUF:Q4_K_M")

@@ -56,8 +56,10 @@ async def test_two_pulls_progress_cancel_and_install(pull_home: Home, hub: FakeH
     monkeypatch.setitem(Progress.__init__.__kwdefaults__, "min_interval", 0.0)
     app = Workbench(pull_home)
     async with app.run_test(size=(100, 32)) as pilot:
-        await wait_for(pilot, lambda: app.models and app.models.available, what="registry listed")
         screen = app.screen
+        # the screen fills its table from the app's ModelsLoaded message a moment later
+        await wait_for(pilot, lambda: any(r.name == "tiny-b:q4" for r in screen.available),
+                       what="registry listed")
         table = screen.query_one("#available", DataTable)
         names = [r.name for r in screen.available]
         table.focus()
