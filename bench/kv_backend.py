@@ -94,12 +94,57 @@ def binaries(stock: bool, say: Say, server: Path | None = None,
     return out
 
 
+@dataclass
+class Setup:
+    """What every server of one benchmark run shares."""
+    model: Path
+    info: Any            # core.gguf_info.GGUFInfo
+    ctx_override: str | None
+    threads: int
+    work: Path
+
+
+def setup(model: str | Path, ctx: int, threads: int | None, work_dir: Path | None, prefix: str) -> Setup:
+    """Resolve the model, raise its trained context to `ctx` if needed, make the work dir."""
+    model_path = model if isinstance(model, Path) else resolve_model(str(model))
+    info = read_gguf_info(model_path)
+    ctx_override = None
+    if info.context_length and ctx > info.context_length:
+        ctx_override = f"{info.arch}.context_length=int:{ctx}"  # every backend alike
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TMPDIR", "/var/tmp")))
+    work.mkdir(parents=True, exist_ok=True)
+    return Setup(model_path, info, ctx_override, threads or len(os.sched_getaffinity(0)), work)
+
+
+# bytes per element of llama.cpp's KV cache types (block types: block bytes / 32 elements)
+KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
+                 "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
+
+
+def kv_type_bytes(flags: list[str] | tuple[str, ...] | None) -> float:
+    """Mean bytes per KV element for the -ctk/-ctv in `flags` (f16 when absent)."""
+    flags = list(flags or [])
+    types = []
+    for names in (("-ctk", "--cache-type-k"), ("-ctv", "--cache-type-v")):
+        t = next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f in names), "f16")
+        types.append(KV_TYPE_BYTES.get(t.lower(), 2.0))
+    return sum(types) / 2
+
+
+def emit(rows: list[dict], json_path: Path | None, text: str) -> int:
+    """CLI tail shared by the bench modules: rows to JSON if asked, the table to stdout."""
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=1))
+    print(text)
+    return 0
+
+
 # --- the text we fill with --------------------------------------------------
 
 def real_text(min_chars: int) -> str:
     """English prose and code from the Python standard library's own sources (always present)."""
     import inspect
-    import email, http.client, json as _json, logging, argparse as _ap, unittest, textwrap, pathlib  # noqa: E401
+    import email, http.client, json as _json, logging, unittest, textwrap, pathlib  # noqa: E401
     parts: list[str] = []
     for mod in (argparse, logging, http.client, email, _json, unittest, textwrap, pathlib, inspect):
         src = Path(inspect.getsourcefile(mod) or "")
@@ -407,15 +452,9 @@ def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick
         ctx, fill = min(ctx, 4096), min(fill, 1000)
     runs = runs or (3 if quick else 5)
     n_predict = n_predict or (16 if quick else 64)
-    threads = threads or len(os.sched_getaffinity(0))
-    model_path = model if isinstance(model, Path) else resolve_model(str(model))
-    info = read_gguf_info(model_path)
-    ctx_override = None
-    if info.context_length and ctx > info.context_length:
-        ctx_override = f"{info.arch}.context_length=int:{ctx}"
+    s = setup(model, ctx, threads, work_dir, "diskllm-bench-")
+    model_path, info, ctx_override, threads, work = s.model, s.info, s.ctx_override, s.threads, s.work
     bins = binaries(stock, say, server, stock_server)
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="diskllm-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
-    work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = [{"kind": "machine", **describe(work), "model": model_path.name,
                          "model_bytes": info.file_size, "kv_bytes_per_token": info.kv_bytes_per_token(),
                          "binaries": {k: str(v) for k, v in bins.items()}, "quick": quick,
@@ -429,9 +468,10 @@ def run(model: str | Path = "smollm2", ctx: int = 32768, fill: int = 7000, quick
                              n_predict=n_predict, **common) for b in order]
             rows += [{"kind": "backend", **r} for r in measure_interleaved(benches, runs)]
         if cap_fractions:
-            kv_at_fill = info.kv_bytes_per_token() * fill
+            per_token = info.kv_bytes_per_token(kv_type_bytes(extra))
+            kv_at_fill = per_token * fill
             if cap_base == "ctx":  # issue 7: a fraction of the KV size of the whole context
-                base, base_text = info.kv_bytes_per_token() * ctx, "KV of the whole context"
+                base, base_text = per_token * ctx, "KV of the whole context"
             else:  # a fraction of what one decode step touches: KV at the fill + weights
                 base, base_text = kv_at_fill + info.file_size, "KV at the fill + weights"
             for f in cap_fractions:
@@ -546,12 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                stock_server=a.stock_server, extra=a.extra, work_dir=a.work_dir,
                kv_window=a.kv_window, backends=a.backends, cap_base=a.cap_base, uncapped=a.uncapped,
                say=lambda s: print(s, file=sys.stderr, flush=True))
-    if a.json:
-        a.json.write_text(json.dumps(rows, indent=1))
     m = rows[0]
     print("machine: " + "; ".join(f"{k} {m[k]}" for k in ("cpu", "cores", "ram", "disk", "kernel", "llama.cpp")))
-    print(table(rows))
-    return 0
+    return emit(rows, a.json, table(rows))
 
 
 if __name__ == "__main__":

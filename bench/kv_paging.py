@@ -22,17 +22,14 @@ Importable: run(...) -> list[dict]; table(rows) -> Markdown.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from diskllm.bench.kv_backend import KV_WINDOW, Bench, Say, binaries, measure, measure_interleaved, resolve_model
+from diskllm.bench.kv_backend import (KV_WINDOW, Bench, Say, binaries, emit, kv_type_bytes, measure,
+                                      measure_interleaved, setup)
 from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
-from diskllm.core.gguf_info import read_gguf_info
 
 # name -> (extra llama-server flags, environment). "prefetch" is what `diskllm run` does
 # (--kv-prefetch 8 --kv-evict auto --kv-advice sequential); the others isolate one choice.
@@ -60,16 +57,12 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
         ctx, fill = min(ctx, 2048), min(fill, 1000)
     runs = runs or (2 if quick else 3)
     n_predict = n_predict or (8 if quick else 32)
-    threads = threads or len(os.sched_getaffinity(0))
-    model_path = model if isinstance(model, Path) else resolve_model(str(model))
-    info = read_gguf_info(model_path)
-    ctx_override = f"{info.arch}.context_length=int:{ctx}" if info.context_length and ctx > info.context_length else None
+    s = setup(model, ctx, threads, work_dir, "diskllm-paging-")
+    model_path, info, ctx_override, threads, work = s.model, s.info, s.ctx_override, s.threads, s.work
     binary = binaries(False, say, server, None)["patched"]
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="diskllm-paging-", dir=os.environ.get("TMPDIR", "/var/tmp")))
-    work.mkdir(parents=True, exist_ok=True)
-    kv_used = info.kv_bytes_per_token() * fill
+    kv_used = info.kv_bytes_per_token(kv_type_bytes(extra)) * fill  # q8_0 etc. halve it
     rows: list[dict] = [{"kind": "machine", **describe(work), "model": model_path.name, "model_bytes": info.file_size,
-                         "kv_bytes_per_token": info.kv_bytes_per_token(), "kv_used": kv_used, "quick": quick,
+                         "kv_bytes_per_token": kv_used // fill, "kv_used": kv_used, "quick": quick,
                          "runs": runs, "n_predict": n_predict, "binary": str(binary)}]
     common: dict[str, Any] = dict(threads=threads, ctx_override=ctx_override, work=work, say=say, kv_window=kv_window)
 
@@ -174,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(a.model, a.ctx, a.fill, a.quick, fractions=a.fractions, variants=a.variants, runs=a.runs,
                n_predict=a.n_predict, threads=a.threads, server=a.server, kv_window=a.kv_window,
                extra=a.extra, work_dir=a.work_dir, say=lambda s: print(s, file=sys.stderr, flush=True))
-    if a.json:
-        a.json.write_text(json.dumps(rows, indent=1))
-    print(table(rows))
-    return 0
+    return emit(rows, a.json, table(rows))
 
 
 if __name__ == "__main__":

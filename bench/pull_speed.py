@@ -1,10 +1,12 @@
 """Pull throughput (issue 7): `diskllm pull` vs a plain `curl` of the same blob.
 
 A local server speaking the Ollama registry protocol (bench/localhub.py, the one the
-tests use) serves one GGUF file. Alternating, N times each:
+tests use) serves one GGUF file from its own process (in the client's process it would
+share the GIL with the pull and not with curl). Alternating, N times each:
 - DiskLLM: core.pull.pull(...) into a fresh home: manifest, redirect, streamed download
   with sha256 computed on the fly, GGUF header check, registration;
-- curl: `curl -sSfL -o FILE` of the same blob URL (follows the same redirect; no checks).
+- curl: `curl -sSfL -o FILE` of the same blob URL (follows the same redirect; no checks);
+- curl + sha256sum: the same, then `sha256sum FILE`: the integrity check a pull makes.
 Two links: loopback as fast as it goes (what the client itself costs in CPU), and the
 server paced at 1 Gbit/s (125 MB/s), a fast real network. Reported: median MB/s of each
 and the ratio (target: pull >= 0.9 x curl).
@@ -13,7 +15,7 @@ The file is SmolLM2's GGUF followed by random bytes up to the size asked for (1 
 default: real models are GBs, so the fixed cost of a pull does not dominate); the pull
 reads the GGUF header, not the tail.
 
-    python -m bench.pull_speed                  # 1 GiB, 3 runs each, both links
+    python -m bench.pull_speed                  # 1 GiB, 5 runs each, both links
     python -m bench.pull_speed --quick          # 256 MiB, 2 runs each
 
 Importable: run(quick) -> list[dict].
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -31,8 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from diskllm.bench.kv_backend import emit
 from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer
 from diskllm.core.paths import Home
 from diskllm.core.pull import pull
@@ -56,6 +60,29 @@ def make_blob(dest: Path, size: int) -> Path:
     return dest
 
 
+def _serve(path: Path, rate: float | None, conn: Any) -> None:
+    hub = FakeHub(rate=rate)
+    digest = hub.add_ollama_model(REF, Blob(path=path))
+    with FakeHubServer(hub):
+        conn.send((hub.url, digest))
+        conn.recv()  # until the parent says stop
+
+
+@contextlib.contextmanager
+def hub_process(path: Path, rate: float | None) -> Iterator[tuple[str, str]]:
+    """(url, model digest) of a local registry serving `path` from a child process."""
+    parent, child = multiprocessing.Pipe()
+    proc = multiprocessing.get_context("fork").Process(target=_serve, args=(path, rate, child), daemon=True)
+    proc.start()
+    try:
+        yield parent.recv()
+    finally:
+        parent.send("stop")
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+
+
 def _home(root: Path, url: str) -> Home:
     h = Home(root)
     h.root.mkdir(parents=True)
@@ -65,6 +92,7 @@ def _home(root: Path, url: str) -> Home:
 
 def _pull_once(work: Path, url: str, i: int) -> float:
     home = _home(work / f"home-{i}", url)
+    os.sync()  # start each timed run with no earlier run's dirty pages being written back
     t0 = time.perf_counter()
     asyncio.run(pull(home, REF, source="ollama"))
     dt = time.perf_counter() - t0
@@ -72,10 +100,14 @@ def _pull_once(work: Path, url: str, i: int) -> float:
     return dt
 
 
-def _curl_once(work: Path, blob_url: str, i: int) -> float:
+def _curl_once(work: Path, blob_url: str, i: int, verify: bool = False) -> float:
+    """curl the blob to a file; with `verify`, then sha256sum it (the check a pull does)."""
     out = work / f"curl-{i}.bin"
+    os.sync()
     t0 = time.perf_counter()
     subprocess.run(["curl", "-sSfL", "-o", str(out), blob_url], check=True)
+    if verify:
+        subprocess.run(["sha256sum", str(out)], check=True, stdout=subprocess.DEVNULL)
     dt = time.perf_counter() - t0
     out.unlink(missing_ok=True)
     return dt
@@ -84,7 +116,7 @@ def _curl_once(work: Path, blob_url: str, i: int) -> float:
 def run(quick: bool = False, *, size_mib: int | None = None, runs: int | None = None,
         say: Say = print) -> list[dict[str, Any]]:
     size_mib = size_mib or (256 if quick else 1024)
-    runs = runs or (2 if quick else 3)
+    runs = runs or (2 if quick else 5)
     if not shutil.which("curl"):
         return [{"kind": "pull", "link": "-", "error": "curl not found: no reference to compare with"}]
     work = Path(tempfile.mkdtemp(prefix="diskllm-pull-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
@@ -92,24 +124,25 @@ def run(quick: bool = False, *, size_mib: int | None = None, runs: int | None = 
     try:
         path = make_blob(work / "blob.gguf", size_mib << 20)
         size = path.stat().st_size
-        hub = FakeHub()
-        digest = hub.add_ollama_model(REF, Blob(path=path))
-        with FakeHubServer(hub):
-            ns, rest = REF.split("/", 1)
-            blob_url = f"{hub.url}/v2/{ns}/{rest.split(':')[0]}/blobs/{digest}"
-            for link, rate in LINKS.items():
-                hub.rate = rate
-                ours, theirs = [], []
-                for i in range(runs):  # alternate, so background load hits both alike
-                    ours.append(_pull_once(work, hub.url, i))
+        ns, rest = REF.split("/", 1)
+        for link, rate in LINKS.items():
+            with hub_process(path, rate) as (url, digest):
+                blob_url = f"{url}/v2/{ns}/{rest.split(':')[0]}/blobs/{digest}"
+                ours, theirs, verified = [], [], []
+                for i in range(runs):  # alternate, so background load hits all alike
+                    ours.append(_pull_once(work, url, i))
                     theirs.append(_curl_once(work, blob_url, i))
+                    verified.append(_curl_once(work, blob_url, i, verify=True))
                     say(f"  {link} run {i + 1}/{runs}: diskllm {size / ours[-1] / 1e6:.0f} MB/s, "
-                        f"curl {size / theirs[-1] / 1e6:.0f} MB/s")
-                t_ours, t_curl = statistics.median(ours), statistics.median(theirs)
+                        f"curl {size / theirs[-1] / 1e6:.0f} MB/s, "
+                        f"curl+sha256sum {size / verified[-1] / 1e6:.0f} MB/s")
+                t_ours, t_curl, t_ver = (statistics.median(ours), statistics.median(theirs),
+                                         statistics.median(verified))
                 rows.append({
                     "kind": "pull", "link": link, "rate": rate, "bytes": size, "runs": runs,
-                    "diskllm_s": ours, "curl_s": theirs, "diskllm_Bps": size / t_ours, "curl_Bps": size / t_curl,
-                    "ratio": t_curl / t_ours,
+                    "diskllm_s": ours, "curl_s": theirs, "curl_sha_s": verified,
+                    "diskllm_Bps": size / t_ours, "curl_Bps": size / t_curl, "curl_sha_Bps": size / t_ver,
+                    "ratio": t_curl / t_ours, "ratio_verified": t_ver / t_ours,
                     "command": f"python -m bench.pull_speed --size-mib {size_mib} --runs {runs}",
                 })
     finally:
@@ -118,13 +151,16 @@ def run(quick: bool = False, *, size_mib: int | None = None, runs: int | None = 
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = ["| link | file MB | diskllm pull MB/s | curl MB/s | pull / curl |", "|---|---:|---:|---:|---:|"]
+    out = ["| link | file MB | diskllm pull MB/s | curl MB/s | curl + sha256sum MB/s "
+           "| pull / curl | pull / (curl + sha256sum) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['link']} | | | | {r['error']} |")
+            out.append(f"| {r['link']} | | | | | | {r['error']} |")
             continue
+        ver = r.get("curl_sha_Bps")
+        ver_mb, ver_ratio = (f"{ver / 1e6:.0f}", f"{r['ratio_verified']:.2f}") if ver else ("-", "-")
         out.append(f"| {r['link']} | {r['bytes'] / 1e6:.0f} | {r['diskllm_Bps'] / 1e6:.0f} "
-                   f"| {r['curl_Bps'] / 1e6:.0f} | {r['ratio']:.2f} |")
+                   f"| {r['curl_Bps'] / 1e6:.0f} | {ver_mb} | {r['ratio']:.2f} | {ver_ratio} |")
     return "\n".join(out)
 
 
@@ -136,10 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     rows = run(a.quick, size_mib=a.size_mib, runs=a.runs, say=lambda s: print(s, file=sys.stderr, flush=True))
-    if a.json:
-        a.json.write_text(json.dumps(rows, indent=1))
-    print(table(rows))
-    return 0
+    return emit(rows, a.json, table(rows))
 
 
 if __name__ == "__main__":

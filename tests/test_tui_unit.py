@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from diskllm.core.paths import Home
-from diskllm.tui import messages as m
 from diskllm.tui.app import Workbench
 from diskllm.tui.services import ThinkSplitter, split_think
 import tui_fake_data as fake
