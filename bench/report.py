@@ -134,7 +134,9 @@ HOW_TO_ADD = """\
 `python -m bench` runs everything (about an hour here) and rewrites this page;
 `python -m bench --quick --out FILE` is a few-minute smoke run (CI runs it from
 `tests/test_bench.py`); `--only SECTION...` runs a subset; `--json FILE` keeps the raw
-rows and `--from-json FILE` re-renders them. Each module also runs alone with the
+rows and `--from-json FILE` re-renders them (the rows behind this page are in
+`docs/benchmarks.json`; `--only SECTION --update docs/benchmarks.json` reruns one
+section and keeps the others). Each module also runs alone with the
 command printed above its table. A new benchmark is a module under `bench/` with
 `run(...) -> list[dict]` (plain, JSON-able rows), a `table(rows)` and a `main()`, a
 `Config`/section in `bench/suite.py`, and its prose here in `bench/report.py`.
