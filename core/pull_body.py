@@ -41,6 +41,12 @@ def sync_client_like(client: httpx.AsyncClient) -> httpx.Client:
                         headers=client.headers)
 
 
+def _write_all(f: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
+
+
 class BodyTransfer:
     """GET `url` and append its body to `part` (which holds `offset` bytes hashed into `sha`)."""
 
@@ -76,10 +82,12 @@ class BodyTransfer:
             if self.total is None:
                 length = resp.headers.get("Content-Length")
                 self.total = self.offset + int(length) if length is not None else None
-            with open(self.part, "ab") as f:
-                for chunk in resp.iter_raw():  # network-sized pieces: what arrived is written at once
+            # Unbuffered: what arrived is in the file at once, so a kill -9 loses no
+            # received byte (a small last chunk would otherwise wait in a write buffer).
+            with open(self.part, "ab", buffering=0) as f:
+                for chunk in resp.iter_raw():  # network-sized pieces
                     self.cancel.check()
-                    f.write(chunk)
+                    _write_all(f, chunk)
                     self.sha.update(chunk)
                     self.offset += len(chunk)
                     with self._lock:
