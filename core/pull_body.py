@@ -115,14 +115,14 @@ class BodyTransfer:
 
     # -- event loop ------------------------------------------------------------------
     async def run(self, report: Callable[[int, int | None], None]) -> BodyResult:
-        """Transfer; `report(new_bytes, total)` every REPORT_EVERY seconds."""
+        """Transfer; `report(new_bytes, total)` every REPORT_EVERY seconds (new_bytes may be 0)."""
         fut = asyncio.ensure_future(asyncio.to_thread(self._work))
         try:
             while True:
                 done, _ = await asyncio.wait({fut}, timeout=REPORT_EVERY)
-                n = self._take_pending()
-                if n:
-                    report(n, self.total)
+                # every tick, also with 0 new bytes: a burst followed by a stall still
+                # shows its last bytes, and the rate falls while nothing arrives
+                report(self._take_pending(), self.total)
                 if done:
                     return fut.result()
                 if self.cancel.cancelled:
