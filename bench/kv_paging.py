@@ -40,6 +40,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "prefetch-none": (["--kv-evict", "none"], {}),
     "prefetch-normal": (["--kv-advice", "normal"], {}),
     "prefetch-16": (["--kv-prefetch", "16"], {}),
+    "prefetch-32": (["--kv-prefetch", "32"], {}),
+    "prefetch-4": (["--kv-prefetch", "4"], {}),
     # the read-ahead machinery switched on although nothing is paged: what it costs
     "prefetch-forced": ([], {"DISKLLM_KV_PREFETCH_FORCE": "1"}),
 }
