@@ -7,7 +7,8 @@ One ThreadingHTTPServer on 127.0.0.1:0 serves both:
            GET /{org}/{repo}/resolve/{rev}/{path}    302 -> /cdn-hf/... for LFS files (Range supported)
   Plain:   GET/HEAD /files/{name}                    a direct .gguf URL
 Knobs: `drop_after` closes each body after N bytes (a flaky link), `stall_after`
-blocks it, `rate` paces it (a link of that speed), `body_bytes` counts payload
+blocks it, `rate` paces it (a link of that speed), `ignore_range` answers
+Range requests with the whole body, `body_bytes` counts payload
 bytes actually sent, `requests` logs (method, path, Range).
 """
 from __future__ import annotations
@@ -67,6 +68,7 @@ class FakeHub:
     drop_after: int | None = None      # close each blob body after this many bytes
     stall_after: int | None = None     # block each blob body after this many bytes until `release` is set
     rate: float | None = None          # pace each blob body at this many bytes/s (a network link), None = as fast as possible
+    ignore_range: bool = False         # answer every blob GET with the whole body (200), as some servers do
     release: threading.Event = field(default_factory=threading.Event)
     body_bytes: int = 0
     served: dict[str, int] = field(default_factory=dict)  # path -> payload bytes sent
@@ -134,7 +136,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _serve_blob(self, blob: Blob) -> None:
             size = blob.size
             start, end, code = 0, size, 200
-            rng = self.headers.get("Range")
+            rng = None if hub.ignore_range else self.headers.get("Range")
             if rng:
                 m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
                 if not m or int(m.group(1)) >= size:

@@ -32,7 +32,6 @@ class BodyResult:
     status: int          # HTTP status of the response
     offset: int          # bytes in the partial file after this attempt
     total: int | None    # whole file size, if known
-    restarted: bool      # the server ignored Range: the partial was started over
 
 
 def sync_client_like(client: httpx.AsyncClient) -> httpx.Client:
@@ -55,7 +54,7 @@ class BodyTransfer:
         self.client, self.url, self.headers, self.part = client, url, headers, part
         self.offset, self.total, self.sha, self.cancel = offset, total, sha, cancel
         self._lock = threading.Lock()
-        self._pending = 0  # bytes written and not yet reported
+        self._pending = 0  # bytes written and not yet reported (negative after a restart)
         self._resp: httpx.Response | None = None
         self._aborted = False
 
@@ -74,10 +73,13 @@ class BodyTransfer:
             if self._aborted:
                 raise PullCancelled(CANCELLED)
             if resp.status_code >= 400:
-                return BodyResult(resp.status_code, self.offset, self.total, False)
-            restarted = bool(self.offset) and resp.status_code != 206
-            if restarted:  # Range ignored: start over rather than append a second copy
+                return BodyResult(resp.status_code, self.offset, self.total)
+            if self.offset and resp.status_code != 206:
+                # Range ignored: start over rather than append a second copy, and
+                # take the dropped bytes back out of the progress count
                 self.part.unlink(missing_ok=True)
+                with self._lock:
+                    self._pending -= self.offset
                 self.offset, self.sha = 0, hashlib.sha256()
             if self.total is None:
                 length = resp.headers.get("Content-Length")
@@ -96,7 +98,7 @@ class BodyTransfer:
                         break
             if self._aborted:
                 raise PullCancelled(CANCELLED)
-            return BodyResult(resp.status_code, self.offset, self.total, restarted)
+            return BodyResult(resp.status_code, self.offset, self.total)
 
     def _take_pending(self) -> int:
         with self._lock:

@@ -203,8 +203,6 @@ async def download_file(client: httpx.AsyncClient, job: FileJob, progress: Progr
                 break
             if res.status >= 400:
                 raise _http_error(job.url, res.status)
-            if res.restarted:
-                progress.done -= offset
             offset, h = transfer.offset, transfer.sha
             if total is None:
                 # no Content-Length: the server closing the body is the end

@@ -232,6 +232,23 @@ async def test_cancel_keeps_partial_and_next_pull_resumes(home, hub):
     assert m.path.stat().st_size == SMOL_SIZE and not part.exists()
 
 
+async def test_server_ignoring_range_restarts_the_partial(home, hub, smol_blob):
+    """A partial exists but the server answers Range with 200 and the whole body: the
+    file starts over (no second copy appended) and progress does not count twice."""
+    part = home.models / model_slug("smollm2:135m") / "model.gguf.partial"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(smol_blob.read(0, 10 << 20))
+    hub.ignore_range = True
+    events: list[PullEvent] = []
+    m = await pull(home, "smollm2:135m", source="ollama", progress=events.append)
+    assert hub.served[f"/cdn/{m.digest}"] == SMOL_SIZE
+    assert m.path.stat().st_size == SMOL_SIZE
+    assert m.digest.endswith(hashlib.sha256(m.path.read_bytes()).hexdigest())
+    downloads = [e for e in events if e.phase == "download"]
+    assert downloads and max(e.bytes_done for e in downloads) <= SMOL_SIZE
+    assert next(e for e in events if e.phase == "verify").bytes_done == SMOL_SIZE
+
+
 async def test_resume_after_process_killed(home, hub):
     """A pull in another process is SIGKILLed mid-blob; the next pull fetches only the rest."""
     hub.stall_after = 50 << 20
