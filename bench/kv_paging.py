@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diskllm.bench.kv_backend import (KV_WINDOW, Bench, Say, binaries, emit, kv_type_bytes, measure,
+from diskllm.bench.kv_backend import (KV_WINDOW, Bench, Say, binaries, emit, kv_type_bytes,
                                       measure_interleaved, setup)
 from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
 
@@ -91,9 +91,7 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
                 say(f"{v} under {cap / 2**20:.0f} MiB = RssAnon {private / 2**20:.0f} + {f:g} x "
                     f"(KV {kv_used / 2**20:.0f} + weights {info.file_size / 2**20:.0f}) MiB")
                 drop_file_cache(model_path)
-                flags, env = VARIANTS[v]
-                r = measure("ssd", binary, model_path, ctx, fill, runs=runs, n_predict=n_predict, cap=cap,
-                            cap_fraction=f, extra=base_flags + flags, env=env, label=v, **common)
+                r = measure_interleaved([bench("ssd", v, cap=cap, cap_fraction=f)], runs)[0]
                 rows.append({"kind": "paging", **r, "private_base": private, "paged_base": base})
         say("disk read rates (O_DIRECT, fresh file)")
         rows.append({"kind": "disk", **disk_read_rates(work, 256 if quick else 1024)})

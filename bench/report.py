@@ -172,6 +172,16 @@ def _rows(run: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [r for r in run["rows"] if r.get("kind") == kind]
 
 
+def _backends(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A backends run's rows by backend name (stock, ram, ssd)."""
+    return {r["backend"]: r for r in _rows(run, "backend")}
+
+
+def _name(c: dict[str, Any]) -> str:
+    """A config's model and label, e.g. 'qwen7b-geom q8_0'."""
+    return f"{c['model']} {c['label']}" if c.get("label") else c["model"]
+
+
 def _error(run: dict[str, Any]) -> str | None:
     errs = _rows(run, "error")
     return errs[0]["error"] if errs else None
@@ -181,13 +191,13 @@ def _backend_summary(runs: list[dict[str, Any]]) -> list[str]:
     out = ["| model | ctx | filled | decode stock / ram / ssd tok/s | decode ssd/stock | RssAnon stock / ssd MB "
            "| RssAnon ssd/stock | KV resident / on disk MB |", "|---|---:|---:|---|---:|---|---:|---|"]
     for run in runs:
-        be = {r["backend"]: r for r in _rows(run, "backend")}
+        be = _backends(run)
         c = run["config"]
         st, ram, ssd = be.get("stock", {}), be.get("ram", {}), be.get("ssd", {})
         dec = " / ".join(_f(x.get("decode_tps"), ".1f") for x in (st, ram, ssd))
         ratio = ssd.get("decode_tps") / st["decode_tps"] if ssd.get("decode_tps") and st.get("decode_tps") else None
         anon = (ssd.get("rss_anon") / st["rss_anon"]) if ssd.get("rss_anon") and st.get("rss_anon") else None
-        out.append(f"| {c['model']}{' ' + c['label'] if c.get('label') else ''} | {c['ctx']} | {c['fill']} | {dec} "
+        out.append(f"| {_name(c)} | {c['ctx']} | {c['fill']} | {dec} "
                    f"| {_f(ratio)} | {_f((st.get('rss_anon') or 0) / 1e6, '.0f')} / {_f((ssd.get('rss_anon') or 0) / 1e6, '.0f')} "
                    f"| {_f(anon, '.3f')} | {_f((ssd.get('kv_resident') or 0) / 1e6, '.0f')} / {_f((ssd.get('kv_disk') or 0) / 1e6, '.0f')} |")
     return out
@@ -197,7 +207,7 @@ def _details(runs: list[dict[str, Any]], table) -> list[str]:
     out = []
     for run in runs:
         c = run["config"]
-        out += ["", f"**{c['model']}{' ' + c['label'] if c.get('label') else ''}, `-c {c['ctx']}`, {c['fill']} tokens filled** "
+        out += ["", f"**{_name(c)}, `-c {c['ctx']}`, {c['fill']} tokens filled** "
                 f"({run['seconds'] / 60:.0f} min):", "", "```", run["command"], "```", ""]
         err = _error(run)
         out.append(f"Failed: {err}" if err else table(run["rows"]))
@@ -225,11 +235,11 @@ def _targets(res: Any) -> list[str]:
 
     ratios = []
     for run in _by_section(res, "backends") + _by_section(res, "quant"):
-        be = {r["backend"]: r for r in _rows(run, "backend")}
+        be = _backends(run)
         if be.get("ssd", {}).get("decode_tps") and be.get("stock", {}).get("decode_tps"):
             c = run["config"]
             ratios.append((be["ssd"]["decode_tps"] / be["stock"]["decode_tps"],
-                           f"{c['model']}{' ' + c['label'] if c.get('label') else ''} {c['ctx'] // 1024}K"))
+                           f"{_name(c)} {c['ctx'] // 1024}K"))
     if ratios:
         worst = min(ratios)
         line("decode ssd/stock >= 0.95 at equal context",
@@ -240,7 +250,7 @@ def _targets(res: Any) -> list[str]:
 
     big = [run for run in _by_section(res, "backends") if run["config"]["model"] == "qwen7b-geom"]
     big = max(big, key=lambda run: run["config"]["ctx"], default=None)
-    be = {r["backend"]: r for r in _rows(big, "backend")} if big else {}
+    be = _backends(big) if big else {}
     if be.get("ssd", {}).get("rss_anon") and be.get("stock", {}).get("rss_anon"):
         r = be["ssd"]["rss_anon"] / be["stock"]["rss_anon"]
         line("RssAnon ssd/stock <= 0.1 at 64K, 7B geometry",
@@ -287,7 +297,7 @@ def _targets(res: Any) -> list[str]:
         c = run["config"]
         pref = next((r for r in _rows(run, "paging") if r.get("cap_fraction") == 0.25 and r["variant"] == "prefetch"), None)
         faults = next((r for r in _rows(run, "paging") if r.get("cap_fraction") == 0.25 and r["variant"] == "faults"), None)
-        name = f"{c['model']}{' ' + c['label'] if c.get('label') else ''}"
+        name = _name(c)
         if disk and pref and pref.get("answered"):
             r = pref["kv_read_Bps"] / disk["seq_read_Bps"]
             rf = (faults["kv_read_Bps"] / disk["seq_read_Bps"]) if faults and faults.get("answered") else None
