@@ -7,6 +7,7 @@ decoded) and the gguf package supplies the type tables.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -37,6 +38,14 @@ class GGUFError(DiskLLMError):
     """The file is missing, not a GGUF, truncated or unreadable."""
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # ggml ne order: shape[0] is the row length
+    type: int               # GGML type id (ggml.h)
+    n_bytes: int
+
+
 @dataclass
 class GGUFInfo:
     path: Path
@@ -58,6 +67,7 @@ class GGUFInfo:
     sliding_window: int | None
     swa_layers: list[bool] = field(default_factory=list)  # True = sliding-window layer
     has_chat_template: bool = False
+    tensors: list[TensorInfo] = field(default_factory=list)
 
     def _heads_kv(self, il: int) -> int:
         h = self.n_head_kv
@@ -186,32 +196,34 @@ def _parse(path: Path, buf: mmap.mmap | bytes, size: int) -> GGUFInfo:
         key = c.string()
         vtype = c.unpack("<I")
         meta[key] = c.value(vtype)
-    tensors: list[tuple[int, int, int]] = []  # (n_elements, type, offset)
+    tensors: list[tuple[str, tuple[int, ...], int, int]] = []  # (name, shape, type, offset)
     for _ in range(n_tensors):
-        c.skip_string()
+        name = c.string()
         n_dims = c.unpack("<I")
         if n_dims > 8:
             raise GGUFError(f"{path}: corrupt tensor info (n_dims={n_dims})")
-        n_el = 1
-        for _ in range(n_dims):
-            n_el *= c.unpack("<Q")
+        shape = tuple(c.unpack("<Q") for _ in range(n_dims))
         ttype = c.unpack("<I")
         offset = c.unpack("<Q")
-        tensors.append((n_el, ttype, offset))
+        tensors.append((name, shape, ttype, offset))
     align = meta.get("general.alignment") or 32
     data_start = (c.pos + align - 1) // align * align
 
     data_end = data_start
     n_params = 0
     by_type: dict[int, int] = {}
-    for n_el, ttype, offset in tensors:
+    infos: list[TensorInfo] = []
+    for name, shape, ttype, offset in tensors:
+        n_el = math.prod(shape)
         n_params += n_el
         by_type[ttype] = by_type.get(ttype, 0) + n_el
         try:
             block, tsize = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
         except (ValueError, KeyError):
             raise GGUFError(f"{path}: unknown tensor type {ttype}") from None
-        data_end = max(data_end, data_start + offset + n_el // block * tsize)
+        n_bytes = n_el // block * tsize
+        infos.append(TensorInfo(name, shape, ttype, n_bytes))
+        data_end = max(data_end, data_start + offset + n_bytes)
     if data_end > size:
         raise GGUFError(
             f"{path} is truncated: tensor data needs {data_end} bytes, file has {size}"
@@ -270,6 +282,7 @@ def _parse(path: Path, buf: mmap.mmap | bytes, size: int) -> GGUFInfo:
         sliding_window=sliding_window,
         swa_layers=swa_layers,
         has_chat_template="tokenizer.chat_template" in meta,
+        tensors=infos,
     )
 
 
