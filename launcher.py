@@ -8,9 +8,9 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from diskllm.core import cli
+from diskllm.cli import main as cli
 
-TUI_MODULE = "diskllm.tui.cli_tui"
+TUI_MODULE = "diskllm.cli.tui"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

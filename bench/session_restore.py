@@ -38,7 +38,7 @@ import httpx
 
 from diskllm.bench.kv_backend import build_home
 from diskllm.core.build import ensure_server, server_supports_kv_flags
-from diskllm.core.gguf_info import read_gguf_info
+from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.server import ServerOptions, start_server, stop_server
 from diskllm.core.sessions import ModelInfo, SessionRunner, SessionStore
@@ -48,7 +48,7 @@ WORDS = ("river stone lantern orchard copper meadow harbor violet thunder garden
 
 
 def _model(name: str) -> Path:
-    from diskllm.core import testmodels
+    from diskllm.testing import fetch as testmodels
     return {"smollm2": testmodels.fetch_smollm2, "gemma3": testmodels.fetch_gemma3}[name]()
 
 

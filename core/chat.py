@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from .errors import DiskLLMError
+from diskllm.core.errors import DiskLLMError
 
 
 @dataclass

@@ -8,9 +8,9 @@ from typing import Any
 
 import tomli_w
 
-from .atomic import atomic_write_text
-from .errors import DiskLLMError
-from .paths import Home
+from diskllm.core.atomic import atomic_write_text
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.paths import Home
 
 KV_BACKENDS = ("ssd", "ram")
 

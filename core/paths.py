@@ -55,7 +55,7 @@ class Home:
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                from .errors import DiskLLMError
+                from diskllm.core.errors import DiskLLMError
                 raise DiskLLMError(f"cannot create {d} (DISKLLM_HOME={self.root}): {e.strerror}") from None
         return self
 

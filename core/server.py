@@ -22,10 +22,10 @@ from typing import Callable
 import httpx
 import psutil
 
-from .atomic import atomic_write_text
-from .build import server_supports_flag, server_supports_kv_flags
-from .errors import DiskLLMError
-from .paths import Home
+from diskllm.core.atomic import atomic_write_text
+from diskllm.core.build import server_supports_flag, server_supports_kv_flags
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.paths import Home
 
 Progress = Callable[[str], None]
 PORT_SCAN = 100  # how far past the default port to look for a free one

@@ -15,7 +15,7 @@ import pytest
 
 from diskllm.core.build import ensure_server, server_supports_kv_flags
 from diskllm.core.paths import Home
-from diskllm.core.testmodels import fetch_gemma3, fetch_smollm2
+from diskllm.testing.fetch import fetch_gemma3, fetch_smollm2
 
 DEFAULT_BUILD_CACHE = Path.home() / ".cache" / "diskllm" / "build"
 
@@ -123,7 +123,7 @@ class CliResult:
 def run_cli(*args: str, input: str | None = None, timeout: float = 600) -> CliResult:
     """Run `diskllm ARGS` in a subprocess with the current environment."""
     r = subprocess.run(
-        [sys.executable, "-m", "diskllm.core.cli", *args],
+        [sys.executable, "-m", "diskllm.cli.main", *args],
         input=input, capture_output=True, text=True, timeout=timeout,
     )
     return CliResult(r.returncode, r.stdout, r.stderr)

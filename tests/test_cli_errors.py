@@ -96,7 +96,7 @@ def test_home_is_a_file(home: Home, monkeypatch, tmp_path: Path):
 
 
 def test_unexpected_exception_is_one_line(home: Home, monkeypatch, capsys):
-    from diskllm.core import cli, cli_server
+    from diskllm.cli import main as cli, server as cli_server
 
     def boom(args):
         raise RuntimeError("kaboom")

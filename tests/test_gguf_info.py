@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from diskllm.core.gguf_info import GGUFError, read_gguf_info
+from diskllm.core.models.gguf import GGUFError, read_gguf_info
 
 
 def test_smollm2(smollm2_path: Path):

@@ -17,7 +17,7 @@ from diskllm.core.paths import Home
 from diskllm.core.server import (
     RunningServer, ServerOptions, kv_files, kv_mapping_resident, memory_of, start_server, stop_server,
 )
-from diskllm.core.synthmodels import synthesize_hybrid
+from diskllm.testing.synth import synthesize_hybrid
 
 # A prompt of ~900 tokens: longer than Gemma-3's 512-token sliding window and than the
 # --kv-window used below, so cells far behind the head are attended to.

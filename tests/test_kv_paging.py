@@ -18,7 +18,7 @@ import pytest
 from conftest import free_port
 from diskllm.bench.cgroup import CgroupUnavailable, MemoryCgroup
 from diskllm.bench.machine import drop_file_cache
-from diskllm.core.gguf_info import read_gguf_info
+from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.server import ServerOptions, build_argv, kv_files, stop_server
 from test_kv_backend import LONG_PROMPT, _complete, _start

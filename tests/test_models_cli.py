@@ -14,11 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from diskllm.core.cli import main
-from diskllm.core.model_index import ModelIndex, model_slug
+from diskllm.cli.main import main
+from diskllm.core.models.index import ModelIndex, model_slug
 from diskllm.core.paths import Home
 from diskllm.core.server import ServerEntry
-from diskllm.core.testmodels import fetch_gemma3, fetch_smollm2
+from diskllm.testing.fetch import fetch_gemma3, fetch_smollm2
 from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer, sha256_of
 
 
@@ -157,7 +157,7 @@ def test_unknown_name_is_one_line_error(mhome, capsys):
 
 def test_ctrl_c_cancels_keeps_partial_exit_130(mhome, hub):
     hub.stall_after = 30 << 20  # the link stalls: Ctrl-C must not wait for a read timeout
-    proc = subprocess.Popen([sys.executable, "-m", "diskllm.core.cli", "pull", "org/smol-GGUF:Q4_K_M"],
+    proc = subprocess.Popen([sys.executable, "-m", "diskllm.cli.main", "pull", "org/smol-GGUF:Q4_K_M"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     part = mhome.models / model_slug("hf.co/org/smol-GGUF:Q4_K_M") / "SmolLM2-135M-Instruct-Q4_K_M.gguf.partial"
     deadline = time.monotonic() + 60
@@ -173,7 +173,7 @@ def test_ctrl_c_cancels_keeps_partial_exit_130(mhome, hub):
 
 def test_run_resolves_alias_and_pulls_registry_name_first(mhome, capsys):
     """`diskllm run smollm2` on a fresh home pulls smollm2:135m first (like `ollama run`)."""
-    from diskllm.core.cli_server import resolve_model
+    from diskllm.cli.server import resolve_model
 
     write = mhome.config_file.read_text() + textwrap.dedent("""\
         [[registry.models."smollm2:135m".sources]]

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.model_index import ModelIndex, model_slug, normalize_name
+from diskllm.core.models.index import ModelIndex, model_slug, normalize_name
 from diskllm.core.paths import Home
 from diskllm.core.pull import pull
-from diskllm.core.pull_download import InsufficientSpace, PullBusy, model_lock
-from diskllm.core.pull_hf import HfFile, choose_files, quant_of
-from diskllm.core.pull_progress import CancelToken, PullCancelled, PullEvent
-from diskllm.core.registry import load_registry
-from diskllm.core.testmodels import fetch_smollm2
+from diskllm.core.pull.download import InsufficientSpace, PullBusy, model_lock
+from diskllm.core.pull.sources.huggingface import HfFile, choose_files, quant_of
+from diskllm.core.pull.events import CancelToken, PullCancelled, PullEvent
+from diskllm.core.models.registry import load_registry
+from diskllm.testing.fetch import fetch_smollm2
 from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer, build_wheel, sha256_of, write_split_gguf
 
 SMOL_SIZE = 98_362_432

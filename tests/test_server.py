@@ -116,7 +116,7 @@ def test_stale_registry_entries_are_pruned(home: Home):
 def test_cli_run_headless_chat_and_stop_all(home: Home, smollm2_path: Path, server_binary: Path, kv_backend: str):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diskllm.core.cli", "run", str(smollm2_path), "--headless",
+        [sys.executable, "-m", "diskllm.cli.main", "run", str(smollm2_path), "--headless",
          "--port", str(port), "--ctx", "1024", "--kv-backend", kv_backend],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

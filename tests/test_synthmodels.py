@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from diskllm.core.gguf_info import read_gguf_info
-from diskllm.core.synthmodels import (
+from diskllm.core.models.gguf import read_gguf_info
+from diskllm.testing.synth import (
     HYBRID_LAYOUT, QWEN7B_KV_BYTES_PER_TOKEN, synthesize_hybrid, synthesize_qwen7b_geometry,
 )
 

@@ -7,9 +7,9 @@ import textwrap
 import pytest
 from textual.widgets import DataTable
 
-from diskllm.core.model_index import ModelIndex
+from diskllm.core.models.index import ModelIndex
 from diskllm.core.paths import Home
-from diskllm.core.testmodels import fetch_smollm2
+from diskllm.testing.fetch import fetch_smollm2
 from diskllm.tui.app import Workbench
 from diskllm.tui.widgets.pull_row import PullRow
 from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from diskllm.core.gguf_info import GGUFInfo
-from diskllm.core.pull_progress import PullEvent
+from diskllm.core.models.gguf import GGUFInfo
+from diskllm.core.pull.events import PullEvent
 from diskllm.core.server import ServerEntry
 from diskllm.tui import messages as m
 

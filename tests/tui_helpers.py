@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from diskllm.core.gguf_info import read_gguf_info
-from diskllm.core.model_index import InstalledModel, ModelIndex, model_slug
+from diskllm.core.models.gguf import read_gguf_info
+from diskllm.core.models.index import InstalledModel, ModelIndex, model_slug
 from diskllm.core.paths import Home
 
 

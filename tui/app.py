@@ -24,9 +24,9 @@ from textual.screen import Screen
 
 from diskllm.core.config import Config, load_config
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.gguf_info import GGUFInfo
+from diskllm.core.models.gguf import GGUFInfo
 from diskllm.core.paths import Home
-from diskllm.core.pull_progress import CancelToken, PullEvent
+from diskllm.core.pull.events import CancelToken, PullEvent
 from diskllm.core.server import RunningServer, ServerEntry, ServerOptions, stop_server
 
 from . import messages as m

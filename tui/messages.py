@@ -14,8 +14,8 @@ from typing import Any
 
 from textual.message import Message
 
-from diskllm.core.gguf_info import GGUFInfo
-from diskllm.core.pull_progress import PullEvent
+from diskllm.core.models.gguf import GGUFInfo
+from diskllm.core.pull.events import PullEvent
 from diskllm.core.server import ServerEntry
 
 

@@ -21,12 +21,12 @@ from diskllm.core.build import ensure_server
 from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, stream_chat  # noqa: F401 (re-exported for screens)
 from diskllm.core.config import load_config
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.gguf_info import GGUFInfo, read_gguf_info
-from diskllm.core.model_index import ModelIndex
+from diskllm.core.models.gguf import GGUFInfo, read_gguf_info
+from diskllm.core.models.index import ModelIndex
 from diskllm.core.paths import Home
 from diskllm.core.pull import pull
-from diskllm.core.pull_progress import CancelToken, PullCancelled, PullEvent
-from diskllm.core.registry import load_registry
+from diskllm.core.pull.events import CancelToken, PullCancelled, PullEvent
+from diskllm.core.models.registry import load_registry
 from diskllm.core.server import (
     RunningServer, ServerEntry, ServerOptions, kv_disk_bytes, kv_mapping_resident,
     list_servers, log_tail, memory_of, start_server, stop_server,

@@ -25,8 +25,8 @@ from typing import Any, Callable
 import numpy as np
 from gguf import GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
 
-from .errors import DiskLLMError
-from .testmodels import default_cache_dir, fetch_smollm2
+from diskllm.core.errors import DiskLLMError
+from diskllm.testing.fetch import default_cache_dir, fetch_smollm2
 
 # Bump when the recipe changes, so a cached file from an older recipe is not reused.
 RECIPE_VERSION = 1
@@ -202,6 +202,6 @@ def synthesize_hybrid(dest_dir: str | os.PathLike[str] | None = None) -> Path:
     return _write_atomic(target, fill, "lfm2")
 
 
-if __name__ == "__main__":  # python -m diskllm.core.synthmodels: write both
+if __name__ == "__main__":  # python -m diskllm.testing.synth: write both
     print(synthesize_qwen7b_geometry())
     print(synthesize_hybrid())

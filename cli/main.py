@@ -8,13 +8,13 @@ import sys
 import traceback
 from typing import Sequence
 
-from .errors import DiskLLMError
+from diskllm.core.errors import DiskLLMError
 
 # Each module has register(subparsers) and sets `func` (args -> int | None) on its parsers.
 COMMAND_MODULES = [
-    "diskllm.core.cli_server",
-    "diskllm.core.cli_models",
-    "diskllm.core.cli_sessions",
+    "diskllm.cli.server",
+    "diskllm.cli.models",
+    "diskllm.cli.sessions",
 ]
 
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _logs_hint() -> str:
     try:
-        from .paths import Home
+        from diskllm.core.paths import Home
         return f"logs in {Home.from_env().logs}"
     except Exception:  # the hint must never fail
         return "logs in ~/.diskllm/logs"

@@ -20,15 +20,15 @@ import zipfile
 from pathlib import Path
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.pull_download import (
+from diskllm.core.pull.download import (
     SourceUnreachable,
     ensure_free_space,
     partial_path,
 )
-from diskllm.core.pull_progress import CancelToken, Progress
-from diskllm.core.pull_types import Fetched
+from diskllm.core.pull.events import CancelToken, Progress
+from diskllm.core.pull.fetched import Fetched
 
-from .hashing import sha256_file
+from diskllm.core.hashing import sha256_file
 
 CHUNK = 8 << 20
 

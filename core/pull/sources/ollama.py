@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.pull_download import (FileJob, download_file, ensure_free_space, fetch_small,
+from diskllm.core.pull.download import (FileJob, download_file, ensure_free_space, fetch_small,
                                         hash_file, partial_path)
-from diskllm.core.pull_progress import CancelToken, Progress
-from diskllm.core.pull_types import Fetched
+from diskllm.core.pull.events import CancelToken, Progress
+from diskllm.core.pull.fetched import Fetched
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",

@@ -1,6 +1,6 @@
 """python -m diskllm.core"""
 import sys
 
-from diskllm.core.cli import main
+from diskllm.cli.main import main
 
 sys.exit(main())

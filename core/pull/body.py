@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import httpx
 
-from diskllm.core.pull_progress import CancelToken, PullCancelled
+from diskllm.core.pull.events import CancelToken, PullCancelled
 
 REPORT_EVERY = 0.05  # seconds between progress reports to the event loop
 CANCELLED = "pull cancelled; the partial download is kept and the next pull resumes it"

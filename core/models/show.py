@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diskllm.core.gguf_info import GGUFInfo
+from diskllm.core.models.gguf import GGUFInfo
 
 
 @dataclass(frozen=True)

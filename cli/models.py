@@ -11,13 +11,13 @@ from typing import TextIO
 
 from diskllm.core.config import load_config
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.gguf_info import read_gguf_info
-from diskllm.core.model_index import InstalledModel, ModelIndex
-from diskllm.core.model_show import describe, human_bytes
+from diskllm.core.models.gguf import read_gguf_info
+from diskllm.core.models.index import InstalledModel, ModelIndex
+from diskllm.core.models.show import describe, human_bytes
 from diskllm.core.paths import Home
 from diskllm.core.pull import SOURCE_CHOICES, pull
-from diskllm.core.pull_progress import CancelToken, PullCancelled, PullEvent
-from diskllm.core.registry import load_registry
+from diskllm.core.pull.events import CancelToken, PullCancelled, PullEvent
+from diskllm.core.models.registry import load_registry
 
 
 def _home(args: argparse.Namespace) -> Home:

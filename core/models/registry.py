@@ -30,7 +30,7 @@ from typing import Any
 
 from diskllm.core.config import load_config
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.model_index import name_key, normalize_name
+from diskllm.core.models.index import name_key, normalize_name
 from diskllm.core.paths import Home
 
 SOURCE_KINDS = ("ollama", "huggingface", "pypi", "url")
@@ -139,7 +139,7 @@ def _settings(table: dict[str, Any]) -> RegistrySettings:
 
 
 def packaged_registry_text() -> str:
-    return resources.files("diskllm.core").joinpath("data/registry.toml").read_text(encoding="utf-8")
+    return resources.files("diskllm.core.models").joinpath("data/registry.toml").read_text(encoding="utf-8")
 
 
 def build_registry(packaged: dict[str, Any], user_table: dict[str, Any]) -> Registry:

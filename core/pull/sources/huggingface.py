@@ -22,10 +22,10 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.pull_download import (FileJob, SourceUnreachable, download_file, ensure_free_space,
+from diskllm.core.pull.download import (FileJob, SourceUnreachable, download_file, ensure_free_space,
                                         partial_path)
-from diskllm.core.pull_progress import CancelToken, Progress
-from diskllm.core.pull_types import Fetched
+from diskllm.core.pull.events import CancelToken, Progress
+from diskllm.core.pull.fetched import Fetched
 
 QUANT_PREFERENCE = (
     "Q4_K_M", "Q4_K_S", "Q4_K_L", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1",

@@ -40,10 +40,10 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from .chat import ChatDelta, ChatDone, stream_chat
-from .errors import DiskLLMError
-from .hashing import sha256_file
-from .paths import Home
+from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.hashing import sha256_file
+from diskllm.core.paths import Home
 
 FORMAT = 1
 STATE_MAGIC = 0x67677371  # 'ggsq', llama.cpp LLAMA_STATE_SEQ_MAGIC
@@ -136,7 +136,7 @@ def _index_digest(home: Home | None, path: Path) -> str | None:
     if home is None:
         return None
     with contextlib.suppress(Exception):
-        from .model_index import ModelIndex
+        from diskllm.core.models.index import ModelIndex
         for m in ModelIndex(home).all():
             if Path(m.path).resolve() == path.resolve():
                 return m.digest
@@ -165,7 +165,7 @@ class ModelInfo:
         p = Path(path).resolve()
         arch = window = None
         with contextlib.suppress(Exception):
-            from .gguf_info import read_gguf_info
+            from diskllm.core.models.gguf import read_gguf_info
             gi = read_gguf_info(p)
             arch = gi.arch
             window = gi.sliding_window if gi.is_swa else None

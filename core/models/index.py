@@ -152,7 +152,7 @@ class ModelIndex:
         if "/" in name and not name.lower().startswith(("hf.co/", "http")):
             out.append("hf.co/" + normalize_name(name))
         try:  # late import: registry imports this module for normalize_name
-            from diskllm.core.registry import load_registry
+            from diskllm.core.models.registry import load_registry
             target = load_registry(self.home).alias_target(name)
         except DiskLLMError:
             target = None

@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from .chat import ChatDelta
-from .errors import DiskLLMError
-from .paths import Home
-from .sessions import (
+from diskllm.core.chat import ChatDelta
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.paths import Home
+from diskllm.core.sessions import (
     ModelInfo, RestoreReport, Session, SessionRunner, SessionStore, TurnDone, validate_name,
 )
 
@@ -73,7 +73,7 @@ def cmd_rename(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     md = _store().export_markdown(args.name)
     if args.output:
-        from .atomic import atomic_write_text
+        from diskllm.core.atomic import atomic_write_text
         atomic_write_text(Path(args.output), md)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
@@ -98,7 +98,7 @@ def session_server_args(args: argparse.Namespace, model_path: Path) -> list[str]
     if "--swa-full" in args.server_arg:
         return []
     try:
-        from .gguf_info import read_gguf_info
+        from diskllm.core.models.gguf import read_gguf_info
         return ["--swa-full"] if read_gguf_info(model_path).is_swa else []
     except DiskLLMError:
         return []

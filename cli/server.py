@@ -9,14 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_sessions
-from .build import ensure_server
-from .chat import ChatDelta, ChatDone, stream_chat
-from .config import KV_BACKENDS, Config, load_config
-from .errors import DiskLLMError
-from .gguf_info import read_gguf_info
-from .paths import Home
-from .server import (
+from diskllm.cli import sessions as cli_sessions
+from diskllm.core.build import ensure_server
+from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
+from diskllm.core.config import KV_BACKENDS, Config, load_config
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.models.gguf import read_gguf_info
+from diskllm.core.paths import Home
+from diskllm.core.server import (
     RunningServer, ServerEntry, ServerOptions, build_argv, list_servers, memory_of,
     start_server, stop_server,
 )
@@ -99,8 +99,8 @@ def resolve_model(home: Home, spec: str, pull_missing: bool = True) -> tuple[Pat
         if p.is_dir():
             raise DiskLLMError(f"{spec} is a directory, not a .gguf file")
         return p.resolve(), p.stem
-    from .cli_models import pull_if_in_registry
-    from .model_index import ModelIndex
+    from diskllm.cli.models import pull_if_in_registry
+    from diskllm.core.models.index import ModelIndex
     try:
         model = ModelIndex(home).get(spec)  # follows registry aliases: smollm2 -> smollm2:135m
     except DiskLLMError:

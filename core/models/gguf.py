@@ -16,7 +16,7 @@ from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
-from .errors import DiskLLMError
+from diskllm.core.errors import DiskLLMError
 
 GGUF_MAGIC = b"GGUF"
 _SCALAR = {

@@ -1,0 +1,1 @@
+"""Where a pull fetches from: one module per protocol."""
