@@ -10,7 +10,7 @@ from pathlib import Path
 from diskllm.bench.report import render
 from diskllm.bench.suite import Results
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_quick_suite_runs_and_renders(tmp_path: Path, server_binary: Path, build_cache: Path):

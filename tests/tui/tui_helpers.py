@@ -1,4 +1,4 @@
-"""Helpers for the workbench tests (tests/test_tui_*.py)."""
+"""Helpers for the workbench tests (tests/tui/test_tui_*.py)."""
 from __future__ import annotations
 
 import asyncio

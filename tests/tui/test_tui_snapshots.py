@@ -1,8 +1,8 @@
 """Snapshot tests of each pane at 80x24 (pytest-textual-snapshot).
 
 The data is fake but goes through the same messages the real workers post
-(tests/tui_fake_data.py); the App runs with live=False, so no worker touches
-the machine. Update after an intended change: pytest tests/test_tui_snapshots.py --snapshot-update
+(tests/tui/tui_fake_data.py); the App runs with live=False, so no worker touches
+the machine. Update after an intended change: pytest tests/tui/test_tui_snapshots.py --snapshot-update
 """
 from __future__ import annotations
 
