@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from diskllm.core.env import env
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.hashing import sha256_file
 from diskllm.core.pull.events import CancelToken
@@ -25,8 +26,8 @@ GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("DISKLLM_TEST_MODELS")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "diskllm" / "test-models"
+    value = env("DISKLLM_TEST_MODELS")
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "diskllm" / "test-models"
 
 
 
