@@ -42,6 +42,7 @@ from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.server import ServerOptions, start_server, stop_server
 from diskllm.core.sessions import ModelInfo, SessionRunner, SessionStore
+from diskllm.core.sessions.server_args import session_server_args
 
 WORDS = ("river stone lantern orchard copper meadow harbor violet thunder garden silver "
          "canyon ember willow marble falcon cedar prairie glacier saffron").split()
@@ -103,7 +104,7 @@ async def measure(model: str, tokens_list: list[int], *, threads: int = 2, kv_ba
                   say=print) -> list[dict[str, Any]]:
     path = _model(model)
     info = read_gguf_info(path)
-    extra = ["--swa-full"] if info.is_swa else []  # what `run --session` does for SWA models
+    extra = session_server_args(path)  # what `run --session` and the workbench do (--swa-full for SWA)
     ctx = max(2048, max(tokens_list) * 2)
     if info.context_length and ctx > info.context_length:
         extra += ["--override-kv", f"{info.arch}.context_length=int:{ctx}"]

@@ -1,25 +1,25 @@
-"""CLI verbs for the server: build, run, ps, stop, chat."""
+"""CLI verbs for the server: build, run, ps, stop, chat. Each parses, calls core, renders."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import shlex
 import signal
-import sys
 import time
 from pathlib import Path
 
-from diskllm.cli import sessions as cli_sessions
 from diskllm.core.build import ensure_server
-from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
-from diskllm.core.config import KV_BACKENDS, Config, load_config
+from diskllm.core.config import KV_BACKENDS
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.models.gguf import read_gguf_info
+from diskllm.core.launch import LaunchEvent, Launched, LaunchRequest, LaunchStep, ServerReady, SessionOpened, launch
+from diskllm.core.models.resolve import resolve_model as core_resolve_model
 from diskllm.core.paths import Home
-from diskllm.core.server import (
-    RunningServer, ServerEntry, ServerOptions, build_argv, list_servers, memory_of,
-    start_server, stop_server,
-)
+from diskllm.core.server import ServerEntry, list_servers, memory_of, stop_server
+
+from diskllm.cli import sessions as cli_sessions
+from diskllm.cli.models import pull_hook
+from diskllm.cli.output import duration, human_bytes, say, table
+from diskllm.cli.repl import PlainTurns, chat_loop
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,74 +82,43 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
                    help="extra llama-server argument (repeatable; use --server-arg=--flag)")
 
 
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-# --- model resolution -----------------------------------------------------
+# --- the launch: parse -> core.launch -> render ------------------------------
 
 def resolve_model(home: Home, spec: str, pull_missing: bool = True) -> tuple[Path, str]:
-    """MODEL|PATH -> (gguf path, display name); pulls a registry name that is not installed."""
-    p = Path(spec).expanduser()
-    # `ns/name:tag` and `hf.co/org/repo:Q4_K_M` are model names, not paths.
-    looks_like_path = p.exists() or spec.endswith(".gguf") or spec.startswith((".", "/", "~"))
-    if looks_like_path:
-        if not p.exists():
-            raise DiskLLMError(f"{spec}: no such file")
-        if p.is_dir():
-            raise DiskLLMError(f"{spec} is a directory, not a .gguf file")
-        return p.resolve(), p.stem
-    from diskllm.cli.models import pull_if_in_registry
-    from diskllm.core.models.index import ModelIndex
-    try:
-        model = ModelIndex(home).get(spec)  # follows registry aliases: smollm2 -> smollm2:135m
-    except DiskLLMError:
-        # like `ollama run`: pull a known name first
-        model = pull_if_in_registry(home, spec) if pull_missing else None
-    if model is None:
-        raise DiskLLMError(f"unknown model '{spec}' (not a file, not installed; try 'diskllm pull {spec}')")
-    return Path(model.path), getattr(model, "name", spec)
+    """MODEL|PATH -> (gguf path, display name); a registry name not installed is pulled with a bar."""
+    hook = pull_hook(home) if pull_missing else None
+    model = asyncio.run(core_resolve_model(home, spec, on_pull=hook))
+    return model.path, model.name
 
 
-def _options(cfg: Config, args: argparse.Namespace, path: Path, name: str) -> ServerOptions:
+def _request(args: argparse.Namespace, *, dry_run: bool = False) -> LaunchRequest:
     for flag in ("ctx", "port", "kv_window", "threads"):
         v = getattr(args, flag)
         if v is not None and v <= 0:
             raise DiskLLMError(f"--{flag.replace('_', '-')} must be a positive integer")
     if args.kv_prefetch is not None and args.kv_prefetch < 0:
         raise DiskLLMError("--kv-prefetch must be >= 0 (MiB; 0 = off)")
-    return ServerOptions(
-        model_path=path,
-        model_name=name,
-        ctx=args.ctx or cfg.ctx,
-        host=args.host or cfg.host,
-        port=args.port or cfg.port,
-        port_explicit=args.port is not None,
-        kv_backend=args.kv_backend or cfg.kv_backend,
-        kv_window=args.kv_window or cfg.kv_window,
-        kv_prefetch=cfg.kv_prefetch if args.kv_prefetch is None else args.kv_prefetch,
-        threads=args.threads or cfg.threads,
-        extra_args=list(args.server_arg),
-    )
+    options = {k: getattr(args, k) for k in ("ctx", "host", "port", "kv_backend", "kv_window", "kv_prefetch",
+                                             "threads")}
+    return LaunchRequest(model=args.model, options=options, extra_args=list(args.server_arg),
+                         session=getattr(args, "session", None), dry_run=dry_run)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Home, ServerOptions]:
+def _render(ev: LaunchEvent) -> None:
+    if isinstance(ev, LaunchStep):
+        say(ev.line)
+    elif isinstance(ev, ServerReady):
+        e = ev.server.entry
+        print(f"serving {e.model} at {e.base_url} (pid {e.pid}, ctx {e.ctx}, kv {e.kv_backend})", flush=True)
+        print(f"OpenAI base_url: {e.openai_base_url}", flush=True)
+    elif isinstance(ev, SessionOpened):
+        say(cli_sessions.describe_restore(ev.report, ev.session))
+
+
+def _launch(args: argparse.Namespace, *, dry_run: bool = False) -> tuple[Home, Launched]:
     home = Home.from_env().ensure()
-    cfg = load_config(home)
-    path, name = resolve_model(home, args.model)
-    read_gguf_info(path)  # a clear error now beats a cryptic server crash later
-    opts = _options(cfg, args, path, name)
-    opts.extra_args += cli_sessions.session_server_args(args, path)
-    return home, opts
-
-
-def _start(home: Home, opts: ServerOptions) -> RunningServer:
-    binary = asyncio.run(ensure_server(home, progress=_progress))
-    server = asyncio.run(start_server(home, opts, binary, progress=_progress))
-    e = server.entry
-    print(f"serving {e.model} at {e.base_url} (pid {e.pid}, ctx {e.ctx}, kv {e.kv_backend})", flush=True)
-    print(f"OpenAI base_url: {e.openai_base_url}", flush=True)
-    return server
+    req = _request(args, dry_run=dry_run)
+    return home, asyncio.run(launch(home, req, _render, on_pull=pull_hook(home)))
 
 
 def _terminate_on_sigterm() -> None:
@@ -164,25 +133,23 @@ def _terminate_on_sigterm() -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     home = Home.from_env().ensure()
-    path = asyncio.run(ensure_server(home, stock=args.stock, progress=_progress,
+    path = asyncio.run(ensure_server(home, stock=args.stock, progress=say,
                                      force=args.force, use_override=False))
     print(path)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    home, opts = _prepare(args)
     if args.dry_run:
-        binary = asyncio.run(ensure_server(home, progress=_progress))
-        print(shlex.join(build_argv(home, opts, binary)))
+        _, done = _launch(args, dry_run=True)
+        print(shlex.join(done.argv))
         return 0
     _terminate_on_sigterm()
-    server = _start(home, opts)
-    session = None
+    home, done = _launch(args)
+    server = done.server
+    assert server is not None
     try:
         if args.headless:
-            if args.session:
-                session = cli_sessions.headless_session_start(server.entry, home, args.session)
             print("press Ctrl-C to stop", flush=True)
             entry_file = home.run / f"{server.pid}.json"
             while server.process is None or server.process.poll() is None:
@@ -191,10 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print("server stopped", flush=True)
                 return 0
             raise DiskLLMError(f"llama-server exited (code {server.process.returncode}); log: {server.entry.log}")
-        _chat(server.entry, home, args)
+        _chat(server.entry, home, args, done.opened)
     finally:
         try:
-            cli_sessions.headless_session_stop(session)
+            if args.headless and done.opened is not None:
+                cli_sessions.final_save(done.opened.runner, done.opened.session)
         finally:
             asyncio.run(stop_server(server))
     return 0
@@ -217,86 +185,26 @@ def cmd_chat(args: argparse.Namespace) -> int:
     home = Home.from_env().ensure()
     running = [e for e in list_servers(home) if _matches(e, home, args.model)]
     if running:
-        _chat(running[-1], home, args)
+        _chat(running[-1], home, args, None)
         return 0
     if args.no_start:
         raise DiskLLMError(f"no running server for '{args.model}' (start one: diskllm run {args.model} --headless)")
-    home, opts = _prepare(args)
     _terminate_on_sigterm()
-    server = _start(home, opts)
+    home, done = _launch(args)
+    assert done.server is not None
     try:
-        _chat(server.entry, home, args)
+        _chat(done.server.entry, home, args, done.opened)
     finally:
-        asyncio.run(stop_server(server))
+        asyncio.run(stop_server(done.server))
     return 0
 
 
-def _chat(entry: ServerEntry, home: Home, args: argparse.Namespace) -> None:
+def _chat(entry: ServerEntry, home: Home, args: argparse.Namespace, got: SessionOpened | None) -> None:
     if getattr(args, "session", None):
-        cli_sessions.session_repl(entry, home, args.session, sampling_params(args))
+        got = got or cli_sessions.opened(entry, home, args.session)
+        cli_sessions.session_repl(entry, got, sampling_params(args))
     else:
-        chat_repl(entry, sampling_params(args))
-
-
-def chat_repl(entry: ServerEntry, params: dict[str, float | int] | None = None) -> None:
-    """Plain terminal chat; /bye or Ctrl-D ends it, Ctrl-C stops a reply."""
-    print(f"chatting with {entry.model}; /bye or Ctrl-D to quit, Ctrl-C stops a reply", flush=True)
-    messages: list[dict[str, str]] = []
-    interactive = sys.stdin.isatty()
-    while True:
-        try:
-            line = input(">>> " if interactive else "")
-        except EOFError:
-            print()
-            return
-        text = line.strip()
-        if text in ("/bye", "/exit", "/quit"):
-            return
-        if not text:
-            continue
-        messages.append({"role": "user", "content": line})
-        reply: list[str] = []
-        try:
-            done = asyncio.run(_one_turn(entry, messages, reply, params or {}))
-        except KeyboardInterrupt:
-            print("\n[interrupted]", flush=True)
-            done = None
-        print(flush=True)
-        if done and done.timings and interactive:
-            t = done.timings
-            print(f"[{t.get('predicted_n', '?')} tokens, {t.get('predicted_per_second', 0):.1f} tok/s]",
-                  file=sys.stderr)
-        messages.append({"role": "assistant", "content": "".join(reply)})
-
-
-async def _one_turn(entry: ServerEntry, messages: list[dict[str, str]], reply: list[str],
-                    params: dict[str, float | int]) -> ChatDone | None:
-    done = None
-    async for ev in stream_chat(entry.base_url, messages, **params):
-        if isinstance(ev, ChatDelta):
-            reply.append(ev.text)
-            sys.stdout.write(ev.text)
-            sys.stdout.flush()
-        else:
-            done = ev
-    return done
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _human_duration(s: float) -> str:
-    s = int(s)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+        chat_loop(PlainTurns(entry, sampling_params(args)))
 
 
 def cmd_ps(args: argparse.Namespace) -> int:  # noqa: ARG001
@@ -305,14 +213,12 @@ def cmd_ps(args: argparse.Namespace) -> int:  # noqa: ARG001
     now = time.time()
     for e in list_servers(home):
         try:
-            ram = _human_bytes(memory_of(e.pid).rss_anon)
+            ram = human_bytes(memory_of(e.pid).rss_anon, "binary")
         except DiskLLMError:
             ram = "-"
         rows.append((e.model, str(e.pid), str(e.port), str(e.ctx), e.kv_backend,
-                     _human_duration(now - e.started_at), ram))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+                     duration(now - e.started_at), ram))
+    table(rows)
     return 0
 
 

@@ -27,7 +27,7 @@ from diskllm.core.errors import DiskLLMError
 from diskllm.core.models.gguf import GGUFInfo
 from diskllm.core.paths import Home
 from diskllm.core.pull.events import CancelToken, PullEvent
-from diskllm.core.server import RunningServer, ServerEntry, ServerOptions, stop_server
+from diskllm.core.server import RunningServer, ServerEntry, stop_server
 
 from . import messages as m
 from . import services
@@ -277,12 +277,9 @@ class Workbench(App[int]):
 
     @work(exclusive=True, group="server", exit_on_error=False)
     async def _start(self, name: str, path: str, ctx: int, backend: str) -> None:
-        cfg = self.cfg
-        opts = ServerOptions(model_path=Path(path), model_name=name, ctx=ctx, host=cfg.host, port=cfg.port,
-                             kv_backend=backend, kv_window=cfg.kv_window,
-                             kv_prefetch=cfg.kv_prefetch, threads=cfg.threads)
         try:
-            server = await services.start_model(self.home, opts, self.post_message)
+            server = await services.start_model(self.home, name, path, {"ctx": ctx, "kv_backend": backend},
+                                                self.post_message)
         except DiskLLMError as e:
             self.post_message(m.ServerStartFailed(name, str(e)))
             return
@@ -375,6 +372,7 @@ class Workbench(App[int]):
     # --- memory, log ----------------------------------------------------------
     def on_memory_sample(self, msg: m.MemorySample) -> None:
         self.memory.append(msg)
+        msg.recorded = True
         self.fan_out(msg)
 
     def on_log_lines(self, msg: m.LogLines) -> None:

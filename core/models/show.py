@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diskllm.core.models.gguf import GGUFInfo
+from diskllm.core.units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,6 @@ def estimate_memory(info: GGUFInfo, ctx: int, weights: int | None = None) -> Mem
     return MemoryEstimate(ctx, info.file_size if weights is None else weights, swa + full, swa)
 
 
-def human_bytes(n: float) -> str:
-    """Decimal units like `ollama list` (98 MB, 4.7 GB)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= scale:
-            v = n / scale
-            return f"{v:.1f} {unit}" if v < 10 and unit != "KB" else f"{v:.0f} {unit}"
-    return f"{int(n)} B"
 
 
 def human_count(n: int) -> str:

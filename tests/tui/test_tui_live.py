@@ -1,6 +1,7 @@
 """Workbench flows against a real llama-server on SmolLM2 (Pilot, app.run_test)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,34 @@ async def test_quit_stops_the_server_it_started(bench_home: Home):
         await wait_for(pilot, lambda: not app.is_running, timeout=30, what="exit")
     assert app.return_code == 0
     assert pid not in [e.pid for e in list_servers(bench_home)]
+
+
+async def test_gemma3_session_switch_reuses_the_restored_kv(home: Home, gemma3_path: Path, server_binary: Path,
+                                                            kv_backend: str):
+    """A sliding-window model: the workbench starts it with the session flags (--swa-full),
+    so switching back to a session reuses its whole restored KV, as `run --session` does."""
+    home.ensure()
+    home.config_file.write_text(f'ctx = 2048\nthreads = 2\nkv_backend = "{kv_backend}"\nport = 18091\n')
+    install_model(home, gemma3_path, name="gemma3:270m")
+    app = Workbench(home)
+    app.chat_params = {"max_tokens": 8, "temperature": 0}
+    async with app.run_test(size=SIZE) as pilot:
+        await start_from_models_pane(app, pilot)
+        assert "--swa-full" in app.server.argv
+        for name, text in (("alpha", "My name is Alice."), ("beta", "My name is Bob.")):
+            await pilot.press("f3")
+            await wait_for(pilot, lambda: app.screen is app.panes.get("sessions"))
+            await pilot.press("n")
+            await _type_prompt(pilot, name)
+            await wait_for(pilot, lambda: app.active_session and app.active_session.name == name, what=name)
+            await send(app, pilot, text)
+        await pilot.press("f3")
+        sessions = app.panes["sessions"]
+        report = sessions.query_one("#switch-report")
+        app.switch_session("alpha")
+        await wait_for(pilot, lambda: "Active: alpha" in str(report.render()), timeout=60, what="switch to alpha")
+        text = str(report.render())
+        assert "cache reuse verified" in text, text
+        restored = int(re.search(r"restored ([\d,]+) tokens", text).group(1).replace(",", ""))
+        reused = int(re.search(r"reused (\d+)/(\d+) tokens", text).group(1))
+        assert restored > 0 and reused >= restored - 1, text

@@ -7,7 +7,7 @@ import pytest
 
 from diskllm.core.paths import Home
 from diskllm.tui.app import Workbench
-from diskllm.tui.services import ThinkSplitter, split_think
+from diskllm.core.chat import ThinkSplitter, split_think
 import tui_fake_data as fake
 
 
@@ -170,3 +170,25 @@ async def test_command_palette_commands(home):
         cmd = next(c for c in app.get_system_commands(app.screen) if c.title == "Copy last reply")
         cmd.callback()   # no chat yet: a notice, no error
         await pilot.pause()
+
+
+def test_high_rate_messages_replace_a_queued_predecessor():
+    """Pull progress, memory samples and live chat stats supersede a queued one of the same stream."""
+    from diskllm.core.pull.events import PullEvent
+    from diskllm.tui import messages as m
+
+    a = m.PullProgress("x", PullEvent("x", "download", bytes_done=1))
+    assert a.can_replace(m.PullProgress("x", PullEvent("x", "download", bytes_done=2)))
+    assert not a.can_replace(m.PullProgress("y", PullEvent("y", "download", bytes_done=2)))
+    noted = m.PullProgress("x", PullEvent("x", "download", message="resuming"))
+    assert not noted.can_replace(a)  # a note is never dropped
+
+    live = m.ChatStats(40.0, 10, 4096)
+    assert live.can_replace(m.ChatStats(41.0, 11, 4096))
+    assert not m.ChatStats(41.0, 11, 4096, final=True).can_replace(live)
+
+    sample = fake.memory_samples(2)
+    first, second = sample
+    assert not first.can_replace(second)  # the App keeps every sample for its history
+    first.recorded = True
+    assert first.can_replace(second)
