@@ -1,13 +1,16 @@
-"""`diskllm` command line: argparse front end; verbs live in COMMAND_MODULES."""
+"""`diskllm` command line: argparse front end; verbs live in COMMAND_MODULES.
+
+The `tui` verb imports textual only when it runs, so every other verb (and
+core) starts without it. Bare `diskllm` in a terminal opens the workbench."""
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import traceback
 from typing import Sequence
 
+from diskllm.core.env import env_flag
 from diskllm.core.errors import DiskLLMError
 
 # Each module has register(subparsers) and sets `func` (args -> int | None) on its parsers.
@@ -15,6 +18,7 @@ COMMAND_MODULES = [
     "diskllm.cli.server",
     "diskllm.cli.models",
     "diskllm.cli.sessions",
+    "diskllm.cli.tui",
 ]
 
 
@@ -38,12 +42,15 @@ def _logs_hint() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    debug = os.environ.get("DISKLLM_DEBUG") == "1"
+    debug = env_flag("DISKLLM_DEBUG")
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list and sys.stdin.isatty() and sys.stdout.isatty():
+        args_list = ["tui"]
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_list)
         func = getattr(args, "func", None)
-        if func is None:  # bare `diskllm` (the TUI issue will open the TUI here)
+        if func is None:  # bare `diskllm` outside a terminal: help, not a full-screen app
             parser.print_help()
             return 0
         return int(func(args) or 0)

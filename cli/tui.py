@@ -1,5 +1,4 @@
-"""The `diskllm tui` verb. Registered by diskllm.launcher, not by core, so core
-never imports textual or the TUI; textual is imported only when the verb runs."""
+"""The `diskllm tui` verb: opens the workbench; textual is imported only when it runs."""
 from __future__ import annotations
 
 import argparse

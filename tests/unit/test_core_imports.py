@@ -1,4 +1,4 @@
-"""Import contract: diskllm.core never imports textual or diskllm.tui (DESIGN.md section 6)."""
+"""Import contract: diskllm.core imports neither the front ends (cli, tui) nor textual or argparse."""
 from __future__ import annotations
 
 import ast
@@ -11,7 +11,7 @@ from pathlib import Path
 import diskllm.core
 
 CORE = Path(diskllm.core.__file__).parent
-FORBIDDEN = ("textual", "diskllm.tui")
+FORBIDDEN = ("textual", "argparse", "diskllm.tui", "diskllm.cli")
 
 
 def _core_modules() -> list[str]:
@@ -25,10 +25,8 @@ def test_importing_all_of_core_loads_no_ui():
         "for m in mods:\n"
         "    if m.endswith('__main__'): continue\n"
         "    importlib.import_module(m)\n"
-        "from diskllm.cli import main as cli\n"
-        "cli.build_parser()\n"  # the command line without the launcher's tui verb
-        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] == 'textual'"
-        " or k.startswith('diskllm.tui'))))\n"
+        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in ('textual', 'argparse')"
+        " or k.startswith(('diskllm.tui', 'diskllm.cli')))))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -48,7 +46,7 @@ def test_no_core_file_imports_the_ui():
                 names = [base] if node.level == 0 else [f"diskllm.{base}" if node.level == 2 else base]
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                 # importlib.import_module("diskllm.tui...") would dodge the checks above
-                if node.value.startswith(("diskllm.tui", "textual.")) or node.value == "textual":
+                if node.value.startswith(("diskllm.tui", "diskllm.cli", "textual.")) or node.value == "textual":
                     names = [node.value]
             for n in names:
                 if any(n == f or n.startswith(f + ".") for f in FORBIDDEN):
@@ -56,11 +54,25 @@ def test_no_core_file_imports_the_ui():
     assert offenders == []
 
 
+def test_cli_builds_without_the_ui():
+    """Every verb but `tui` runs without textual: the verb imports it only when it runs."""
+    code = (
+        "import json, sys\n"
+        "from diskllm.cli import main as cli\n"
+        "cli.build_parser()\n"
+        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] == 'textual'"
+        " or k.startswith('diskllm.tui'))))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
 def test_tui_verb_is_registered_outside_core():
-    from diskllm import launcher
     from diskllm.cli import main as cli
 
-    assert all(name.startswith("diskllm.cli.") for name in cli.COMMAND_MODULES if name != launcher.TUI_MODULE)
+    assert all(name.startswith("diskllm.cli.") for name in cli.COMMAND_MODULES)
+    assert "diskllm.cli.tui" in cli.COMMAND_MODULES
     r = subprocess.run([sys.executable, "-m", "diskllm", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "tui" in r.stdout and "open the workbench" in r.stdout
     # not a terminal: bare `diskllm` prints help instead of opening the workbench
