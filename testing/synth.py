@@ -1,4 +1,4 @@
-"""Synthesized GGUF models for tests and benchmarks (DESIGN.md section 2).
+"""Synthesized GGUF models for tests and benchmarks (docs/design.md, Test models).
 
 Two files written with the `gguf` package, random weights from a fixed seed,
 tokenizer keys copied from SmolLM2 so llama-server loads them and generates

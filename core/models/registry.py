@@ -1,4 +1,4 @@
-"""Names you can pull: the packaged registry (core/data/registry.toml) merged with
+"""Names you can pull: the packaged registry (core/models/data/registry.toml) merged with
 the user's `[registry]` table in config.toml.
 
 config.toml:
