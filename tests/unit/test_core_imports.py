@@ -18,19 +18,25 @@ def _core_modules() -> list[str]:
     return sorted(m.name for m in pkgutil.walk_packages([str(CORE)], prefix="diskllm.core."))
 
 
-def test_importing_all_of_core_loads_no_ui():
+def _loaded_after(setup: str, roots: tuple[str, ...], prefixes: tuple[str, ...]) -> list[str]:
+    """Modules under `roots` / `prefixes` that a fresh interpreter has loaded after running `setup`."""
     code = (
-        "import importlib, json, sys\n"
-        f"mods = {_core_modules()!r}\n"
-        "for m in mods:\n"
-        "    if m.endswith('__main__'): continue\n"
-        "    importlib.import_module(m)\n"
-        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in ('textual', 'argparse')"
-        " or k.startswith(('diskllm.tui', 'diskllm.cli')))))\n"
+        "import json, sys\n" + setup +
+        f"print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in {roots!r}"
+        f" or k.startswith({prefixes!r}))))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_importing_all_of_core_loads_no_ui():
+    setup = (
+        "import importlib\n"
+        f"for m in {_core_modules()!r}:\n"
+        "    if not m.endswith('__main__'): importlib.import_module(m)\n"
+    )
+    assert _loaded_after(setup, ("textual", "argparse"), ("diskllm.tui", "diskllm.cli")) == []
 
 
 def test_no_core_file_imports_the_ui():
@@ -56,16 +62,8 @@ def test_no_core_file_imports_the_ui():
 
 def test_cli_builds_without_the_ui():
     """Every verb but `tui` runs without textual: the verb imports it only when it runs."""
-    code = (
-        "import json, sys\n"
-        "from diskllm.cli import main as cli\n"
-        "cli.build_parser()\n"
-        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] == 'textual'"
-        " or k.startswith('diskllm.tui'))))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    setup = "from diskllm.cli import main as cli\ncli.build_parser()\n"
+    assert _loaded_after(setup, ("textual",), ("diskllm.tui",)) == []
 
 
 def test_tui_verb_is_registered_outside_core():
