@@ -1,4 +1,4 @@
-"""python -m diskllm.core"""
+"""python -m diskllm.cli"""
 import sys
 
 from diskllm.cli.main import main

@@ -455,3 +455,10 @@ def test_name_normalisation():
     assert normalize_name("registry.ollama.ai/library/qwen2.5") == "qwen2.5:latest"
     assert normalize_name("huggingface.co/Org/Repo:Q4_K_M") == "hf.co/Org/Repo:Q4_K_M"
     assert normalize_name("ns/name") == "ns/name:latest"
+
+
+def test_every_registry_source_kind_has_a_fetcher():
+    from diskllm.core.models.registry import SOURCE_KINDS
+    from diskllm.core.pull.sources import SOURCES
+
+    assert set(SOURCES) == set(SOURCE_KINDS)

@@ -1,4 +1,4 @@
-"""Pull GGUF files from HuggingFace (or any HF-compatible endpoint) and from direct URLs.
+"""Pull GGUF files from HuggingFace (or any HF-compatible endpoint); direct URLs are sources/url.py.
 
 Listing uses huggingface_hub (`HfApi(endpoint=...).list_repo_tree`, which gives sizes
 and the LFS sha256); the bytes come through our own Range requests on the resolve URL
@@ -17,7 +17,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import httpx
 
@@ -188,33 +187,3 @@ async def pull_hf(client: httpx.AsyncClient, endpoint: str, spec: HfSpec, dest_d
         names.append(name)
     return Fetched(source=f"huggingface:{spec.repo}@{spec.revision}/{parts[0].path}", files=names,
                    digest=f"sha256:{first_digest}", size=total)
-
-
-async def pull_url(client: httpx.AsyncClient, url: str, dest_dir: Path, progress: Progress,
-                   cancel: CancelToken, sha256: str | None = None, endpoint: str | None = None) -> Fetched:
-    """A direct https URL to a .gguf file. Size comes from a HEAD (for the space check)."""
-    name = unquote(Path(urlparse(url).path).name) or "model.gguf"
-    if not name.lower().endswith(".gguf"):
-        name += ".gguf"
-    headers: dict[str, str] = {}
-    if endpoint and url.startswith(endpoint):
-        tok = hf_token()
-        if tok:
-            headers["Authorization"] = f"Bearer {tok}"
-    progress.set("manifest", source=f"url {url}", file=name, done=0, total=None)
-    size = None
-    try:
-        head = await client.head(url, headers=headers)
-        if head.status_code < 400 and head.headers.get("Content-Length"):
-            size = int(head.headers["Content-Length"])
-    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-        raise SourceUnreachable(f"cannot reach {httpx.URL(url).host}: {type(e).__name__}") from None
-    except httpx.TransportError:
-        pass
-    dest = dest_dir / name
-    if size is not None:
-        have = partial_path(dest).stat().st_size if partial_path(dest).exists() else 0
-        ensure_free_space(dest_dir, size - have)
-    progress.set("download", total=size, done=0)
-    digest = await download_file(client, FileJob(url, dest, size, sha256, headers), progress, cancel)
-    return Fetched(source=f"url:{url}", files=[name], digest=f"sha256:{digest}", size=dest.stat().st_size)
