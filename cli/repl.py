@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
@@ -15,9 +16,18 @@ QUIT = ("/bye", "/exit", "/quit")
 Params = dict[str, float | int]
 
 
-def _write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+async def _echo(events: AsyncIterator[Any], keep: list[str] | None = None) -> Any:
+    """Print a reply as it streams (kept in `keep` too); return the final event."""
+    done = None
+    async for ev in events:
+        if isinstance(ev, ChatDelta):
+            if keep is not None:
+                keep.append(ev.text)
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+        else:
+            done = ev
+    return done
 
 
 class Turns(Protocol):
@@ -67,14 +77,7 @@ class PlainTurns:
     async def send(self, text: str) -> ChatDone | None:
         self.messages.append({"role": "user", "content": text})
         self.reply = []
-        done = None
-        async for ev in stream_chat(self.entry.base_url, self.messages, **self.params):
-            if isinstance(ev, ChatDelta):
-                self.reply.append(ev.text)
-                _write(ev.text)
-            else:
-                done = ev
-        return done
+        return await _echo(stream_chat(self.entry.base_url, self.messages, **self.params), self.reply)
 
     def interrupted(self) -> None:
         print("\n[interrupted]", flush=True)
@@ -103,13 +106,7 @@ class SessionTurns:
                        "/bye or Ctrl-D to quit, Ctrl-C stops a reply")
 
     async def send(self, text: str) -> TurnDone | None:
-        done = None
-        async for ev in self.runner.chat_turn(self.session, text, **self.params):
-            if isinstance(ev, ChatDelta):
-                _write(ev.text)
-            else:
-                done = ev
-        return done
+        return await _echo(self.runner.chat_turn(self.session, text, **self.params))
 
     def interrupted(self) -> None:
         print("\n[interrupted; the turn is not saved]", flush=True)

@@ -384,14 +384,11 @@ class Workbench(App[int]):
     # --- sessions ------------------------------------------------------------
     async def _runner(self):
         """The SessionRunner of the active server (created on first use)."""
-        from diskllm.core.sessions import ModelInfo, SessionRunner, SessionStore
-
         e = self.server
         if e is None or self.status.health in ("dead", "stopping", "none"):
             raise DiskLLMError("no server is running: start a model in the Models pane (F1)")
         if self.session_runner is None or self._runner_pid != e.pid:
-            info = await asyncio.to_thread(ModelInfo.from_entry, e, self.home)
-            self.session_runner = SessionRunner(e.base_url, SessionStore(self.home), info)
+            self.session_runner = await services.session_runner(self.home, e)
             self._runner_pid = e.pid
         return self.session_runner
 
@@ -414,36 +411,30 @@ class Workbench(App[int]):
         """Save the active session's KV, restore `name` into the same slot, verify reuse."""
         try:
             runner = await self._runner()
-            store = runner.store
-            if create:
-                await asyncio.to_thread(store.create, name, runner.model_info)
-            report = await runner.switch(self.active_session, name, verify=True)
-            session = await asyncio.to_thread(store.load, name)
+            session, event = await services.switch_session(runner, self.active_session, name, create=create)
         except Exception as err:  # noqa: BLE001
             self._session_error(err)
             self.refresh_sessions()
             return
         self.active_session = session
-        self.post_message(services.switched_event(report, session))
+        self.post_message(event)
         self.refresh_sessions()
 
     @work(group="sessions", exit_on_error=False)
     async def rename_session(self, old: str, new: str) -> None:
-        from diskllm.core.sessions import SessionStore
         try:
-            store = SessionStore(self.home)
-            await asyncio.to_thread(store.rename, old, new)
-            if self.active_session is not None and self.active_session.name == old:
-                self.active_session = await asyncio.to_thread(store.load, new)
+            active = self.active_session is not None and self.active_session.name == old
+            renamed = await asyncio.to_thread(services.rename_session, self.home, old, new, reload=active)
+            if active:
+                self.active_session = renamed
         except Exception as err:  # noqa: BLE001
             self._session_error(err)
         self.refresh_sessions()
 
     @work(group="sessions", exit_on_error=False)
     async def delete_session(self, name: str) -> None:
-        from diskllm.core.sessions import SessionStore
         try:
-            await asyncio.to_thread(SessionStore(self.home).delete, name)
+            await asyncio.to_thread(services.delete_session, self.home, name)
             if self.active_session is not None and self.active_session.name == name:
                 self.active_session = None
             self.notify(f"deleted session {name}")
@@ -453,11 +444,8 @@ class Workbench(App[int]):
 
     @work(group="sessions", exit_on_error=False)
     async def export_session(self, name: str, path: str) -> None:
-        from diskllm.core.sessions import SessionStore
         try:
-            text = await asyncio.to_thread(SessionStore(self.home).export_markdown, name)
-            dest = Path(path).expanduser()
-            await asyncio.to_thread(dest.write_text, text, "utf-8")
+            dest = await asyncio.to_thread(services.export_session, self.home, name, path)
         except OSError as err:
             self.post_message(m.SessionFailed(f"cannot write {path}: {err.strerror}"))
             return

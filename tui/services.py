@@ -27,6 +27,7 @@ from diskllm.core.models.resolve import remove_model
 from diskllm.core.paths import Home
 from diskllm.core.pull import pull
 from diskllm.core.pull.events import CancelToken, PullCancelled, PullEvent
+from diskllm.core.sessions import ModelInfo, Session, SessionRunner, SessionStore
 from diskllm.core.models.registry import load_registry
 from diskllm.core.server import (
     RunningServer, ServerEntry, kv_disk_bytes, kv_mapping_resident,
@@ -245,8 +246,6 @@ async def stop(entry: ServerEntry | RunningServer, grace: float = 10.0) -> None:
 # --- sessions ---------------------------------------------------------------
 
 def session_rows(home: Home) -> list[m.SessionRow]:
-    from diskllm.core.sessions import SessionStore
-
     rows = []
     for s in SessionStore(home).list():
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-"
@@ -270,3 +269,38 @@ def switched_event(report: Any, session: Any) -> m.SessionSwitched:
     return m.SessionSwitched(
         session.name, list(session.messages), rest.restored_tokens, rest.wall_ms, rest.restore_ms,
         report.total_ms, saved, reuse, verified, note)
+
+
+async def session_runner(home: Home, entry: ServerEntry) -> SessionRunner:
+    info = await asyncio.to_thread(ModelInfo.from_entry, entry, home)
+    return SessionRunner(entry.base_url, SessionStore(home), info)
+
+
+async def switch_session(runner: SessionRunner, active: Session | None, name: str, *,
+                         create: bool = False) -> tuple[Session, m.SessionSwitched]:
+    """Save the active session's KV, restore `name` into the same slot, verify reuse."""
+    store = runner.store
+    if create:
+        await asyncio.to_thread(store.create, name, runner.model_info)
+    report = await runner.switch(active, name, verify=True)
+    session = await asyncio.to_thread(store.load, name)
+    return session, switched_event(report, session)
+
+
+def rename_session(home: Home, old: str, new: str, *, reload: bool = False) -> Session | None:
+    """Rename; reload=True (the active session was renamed) returns it under its new name."""
+    store = SessionStore(home)
+    store.rename(old, new)
+    return store.load(new) if reload else None
+
+
+def delete_session(home: Home, name: str) -> None:
+    SessionStore(home).delete(name)
+
+
+def export_session(home: Home, name: str, path: str) -> Path:
+    """Write the transcript as Markdown; OSError (not DiskLLMError) when the file cannot be written."""
+    text = SessionStore(home).export_markdown(name)
+    dest = Path(path).expanduser()
+    dest.write_text(text, "utf-8")
+    return dest
