@@ -1,6 +1,6 @@
 """python -m diskllm"""
 import sys
 
-from diskllm.launcher import main
+from diskllm.cli.main import main
 
 sys.exit(main())

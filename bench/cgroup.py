@@ -1,6 +1,6 @@
 """A child memory cgroup of this process's own cgroup, for memory-cap benchmarks.
 
-DESIGN.md section 4: never move a process outside its own cgroup subtree; where
+Never move a process outside its own cgroup subtree; where
 cgroups are not writable, say so and skip. v1 (memory.limit_in_bytes) and v2
 (memory.max) are both handled.
 """

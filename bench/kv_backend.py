@@ -37,7 +37,7 @@ from typing import Any, Callable
 from diskllm.bench.cgroup import CgroupUnavailable, MemoryCgroup
 from diskllm.bench.machine import describe, disk_read_rates
 from diskllm.core.build import ensure_server, server_supports_kv_flags
-from diskllm.core.gguf_info import read_gguf_info
+from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.server import kv_disk_bytes, kv_mapping_resident, memory_of
 
@@ -50,16 +50,16 @@ KV_WINDOW = 256  # what `diskllm run` passes by default (core.server.ServerOptio
 
 def resolve_model(name: str) -> Path:
     if name == "smollm2":
-        from diskllm.core.testmodels import fetch_smollm2
+        from diskllm.testing.fetch import fetch_smollm2
         return fetch_smollm2()
     if name == "gemma3":
-        from diskllm.core.testmodels import fetch_gemma3
+        from diskllm.testing.fetch import fetch_gemma3
         return fetch_gemma3()
     if name in ("qwen7b-geom", "qwen7b-geometry"):
-        from diskllm.core.synthmodels import synthesize_qwen7b_geometry
+        from diskllm.testing.synth import synthesize_qwen7b_geometry
         return synthesize_qwen7b_geometry()
     if name == "hybrid":
-        from diskllm.core.synthmodels import synthesize_hybrid
+        from diskllm.testing.synth import synthesize_hybrid
         return synthesize_hybrid()
     p = Path(name).expanduser()
     if p.is_file():

@@ -40,7 +40,7 @@ from diskllm.bench.kv_backend import emit
 from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer
 from diskllm.core.paths import Home
 from diskllm.core.pull import pull
-from diskllm.core.testmodels import fetch_smollm2
+from diskllm.testing.fetch import fetch_smollm2
 
 Say = Callable[[str], None]
 REF = "library/bench:gguf"

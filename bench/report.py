@@ -41,7 +41,7 @@ files' allocated bytes on disk. Prefill is one fill per server (one sample, nois
 Models whose trained context is shorter than `-c` get `--override-kv
 ARCH.context_length=int:N` (all backends alike).
 
-The 7B-geometry model is synthesized (`core/synthmodels.py`): the KV shape of
+The 7B-geometry model is synthesized (`testing/synth.py`): the KV shape of
 Qwen2.5-7B (28 layers, 4 KV heads x 128, 57,344 bytes of f16 KV per token) with tiny
 random weights, so its KV is exactly a 7B's while the compute is small. Its text is
 nonsense; its KV traffic is real.
@@ -118,7 +118,7 @@ CAVEATS = """\
   (unwritten extents, no I/O), so a full disk is a start-up error, never a SIGBUS
   mid-generation.
 - Attention is never shortened: every backend attends to every filled cell (greedy
-  outputs are identical, `tests/test_kv_backend.py`, `tests/test_kv_paging.py`). Once
+  outputs are identical, `tests/live/test_kv_backend.py`, `tests/live/test_kv_paging.py`). Once
   the working set does not fit, each token must read the evicted KV and weights back,
   so decode speed is bounded by storage bandwidth; the paging rows show how close to the
   disk's own rate the read-ahead gets, and the bytes per token show what must be read.
@@ -133,7 +133,7 @@ HOW_TO_ADD = """\
 
 `python -m bench` runs everything (about an hour here) and rewrites this page;
 `python -m bench --quick --out FILE` is a few-minute smoke run (CI runs it from
-`tests/test_bench.py`); `--only SECTION...` runs a subset; `--json FILE` keeps the raw
+`tests/live/test_bench.py`); `--only SECTION...` runs a subset; `--json FILE` keeps the raw
 rows and `--from-json FILE` re-renders them (the rows behind this page are in
 `docs/benchmarks.json`; `--only SECTION --update docs/benchmarks.json` reruns one
 section and keeps the others). Each module also runs alone with the

@@ -38,17 +38,18 @@ import httpx
 
 from diskllm.bench.kv_backend import build_home
 from diskllm.core.build import ensure_server, server_supports_kv_flags
-from diskllm.core.gguf_info import read_gguf_info
+from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.server import ServerOptions, start_server, stop_server
 from diskllm.core.sessions import ModelInfo, SessionRunner, SessionStore
+from diskllm.core.sessions.server_args import session_server_args
 
 WORDS = ("river stone lantern orchard copper meadow harbor violet thunder garden silver "
          "canyon ember willow marble falcon cedar prairie glacier saffron").split()
 
 
 def _model(name: str) -> Path:
-    from diskllm.core import testmodels
+    from diskllm.testing import fetch as testmodels
     return {"smollm2": testmodels.fetch_smollm2, "gemma3": testmodels.fetch_gemma3}[name]()
 
 
@@ -103,7 +104,7 @@ async def measure(model: str, tokens_list: list[int], *, threads: int = 2, kv_ba
                   say=print) -> list[dict[str, Any]]:
     path = _model(model)
     info = read_gguf_info(path)
-    extra = ["--swa-full"] if info.is_swa else []  # what `run --session` does for SWA models
+    extra = session_server_args(path)  # what `run --session` and the workbench do (--swa-full for SWA)
     ctx = max(2048, max(tokens_list) * 2)
     if info.context_length and ctx > info.context_length:
         extra += ["--override-kv", f"{info.arch}.context_length=int:{ctx}"]

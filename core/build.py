@@ -22,11 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .config import load_config
-from .errors import DiskLLMError
-from .hashing import sha256_file
-from .paths import Home, build_cache_dir
-from .pin import Pin, load_pin, patch_files, patches_dir
+from diskllm.core.config import load_config
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.hashing import sha256_file
+from diskllm.core.paths import Home, build_cache_dir
+from diskllm.core.pin import Pin, load_pin, patch_files, patches_dir
 
 # Bump when the build steps change in a way that changes the binary.
 RECIPE_VERSION = 1
@@ -266,7 +266,7 @@ class _Builder:
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "log": str(self.log_path),
         }
-        from .atomic import atomic_write_text
+        from diskllm.core.atomic import atomic_write_text
         atomic_write_text(dest_dir / "build.json", json.dumps(meta, indent=2) + "\n")
 
     async def stream(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> int:

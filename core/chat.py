@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from .errors import DiskLLMError
+from diskllm.core.errors import DiskLLMError
 
 
 @dataclass
@@ -83,3 +83,52 @@ async def stream_chat(
         if own:
             await client.aclose()
     yield done
+
+
+class ThinkSplitter:
+    """Splits streamed text into reasoning (<think>...</think>) and answer parts.
+
+    Tags may arrive split across chunks, so a possible tag prefix at the end of
+    a chunk is held back until the next chunk decides it."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self.in_think = False
+        self.buf = ""
+
+    def feed(self, text: str) -> list[tuple[str, bool]]:
+        """-> [(text, is_reasoning)]"""
+        self.buf += text
+        out: list[tuple[str, bool]] = []
+        while self.buf:
+            tag = self.CLOSE if self.in_think else self.OPEN
+            i = self.buf.find(tag)
+            if i >= 0:
+                if i:
+                    out.append((self.buf[:i], self.in_think))
+                self.buf = self.buf[i + len(tag):]
+                self.in_think = not self.in_think
+                continue
+            keep = 0  # longest suffix that could start the tag
+            for k in range(min(len(tag) - 1, len(self.buf)), 0, -1):
+                if tag.startswith(self.buf[-k:]):
+                    keep = k
+                    break
+            emit = self.buf[:len(self.buf) - keep]
+            if emit:
+                out.append((emit, self.in_think))
+            self.buf = self.buf[len(self.buf) - keep:]
+            break
+        return out
+
+    def flush(self) -> list[tuple[str, bool]]:
+        rest, self.buf = self.buf, ""
+        return [(rest, self.in_think)] if rest else []
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """A finished reply -> (answer, reasoning)."""
+    sp = ThinkSplitter()
+    parts = sp.feed(text) + sp.flush()
+    return ("".join(t for t, r in parts if not r), "".join(t for t, r in parts if r))

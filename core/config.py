@@ -1,16 +1,16 @@
 """config.toml: user settings. Top-level keys are ours; tables belong to other modules."""
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import tomli_w
 
-from .atomic import atomic_write_text
-from .errors import DiskLLMError
-from .paths import Home
+from diskllm.core.atomic import atomic_write_text
+from diskllm.core.env import env
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.paths import Home
 
 KV_BACKENDS = ("ssd", "ram")
 
@@ -81,9 +81,9 @@ def load_config(home: Home) -> Config:
                 )
         _check(cfg, str(path))
     cfg._file_binary = cfg.server_binary
-    env = os.environ.get("DISKLLM_LLAMA_SERVER")
-    if env:
-        cfg.server_binary = cfg._env_binary = env
+    binary = env("DISKLLM_LLAMA_SERVER")
+    if binary:
+        cfg.server_binary = cfg._env_binary = binary
     return cfg
 
 

@@ -1,9 +1,10 @@
 """Where DiskLLM keeps its files."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from diskllm.core.env import env
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class Home:
 
     @classmethod
     def from_env(cls) -> "Home":
-        env = os.environ.get("DISKLLM_HOME")
-        root = Path(env).expanduser() if env else Path.home() / ".diskllm"
+        value = env("DISKLLM_HOME")
+        root = Path(value).expanduser() if value else Path.home() / ".diskllm"
         return cls(root.absolute())
 
     def ensure(self) -> "Home":
@@ -55,12 +56,12 @@ class Home:
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                from .errors import DiskLLMError
+                from diskllm.core.errors import DiskLLMError
                 raise DiskLLMError(f"cannot create {d} (DISKLLM_HOME={self.root}): {e.strerror}") from None
         return self
 
 
 def build_cache_dir(home: Home) -> Path:
     """Where built llama-server binaries live; tests share one via the env var."""
-    env = os.environ.get("DISKLLM_BUILD_CACHE")
-    return Path(env).expanduser().absolute() if env else home.bin
+    value = env("DISKLLM_BUILD_CACHE")
+    return Path(value).expanduser().absolute() if value else home.bin

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import diskllm
 
-from .errors import DiskLLMError
+from diskllm.core.errors import DiskLLMError
 
 
 def package_root() -> Path:

@@ -10,22 +10,24 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import httpx
 import psutil
 
-from .atomic import atomic_write_text
-from .build import server_supports_flag, server_supports_kv_flags
-from .errors import DiskLLMError
-from .paths import Home
+from diskllm.core.atomic import atomic_write_text
+from diskllm.core.build import server_supports_flag, server_supports_kv_flags
+from diskllm.core.config import Config
+from diskllm.core.errors import DiskLLMError
+from diskllm.core.paths import Home
 
 Progress = Callable[[str], None]
 PORT_SCAN = 100  # how far past the default port to look for a free one
@@ -49,6 +51,23 @@ class ServerOptions:
     @property
     def name(self) -> str:
         return self.model_name or Path(self.model_path).stem
+
+    @classmethod
+    def from_config(cls, cfg: Config, model: str | os.PathLike[str], *, name: str | None = None,
+                    **overrides: Any) -> "ServerOptions":
+        """config.toml's settings for `model`, with `overrides` (None = use the config's).
+
+        The one place config and per-run choices (CLI flags, the TUI's start form)
+        merge. A port given here counts as explicit: busy means an error, not the
+        next free port."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
+        given.setdefault("port_explicit", "port" in given)
+        base = dict(ctx=cfg.ctx, host=cfg.host, port=cfg.port, kv_backend=cfg.kv_backend,
+                    kv_window=cfg.kv_window, kv_prefetch=cfg.kv_prefetch, threads=cfg.threads)
+        return cls(model_path=Path(model), model_name=name, **{**base, **given})
 
 
 @dataclass

@@ -30,8 +30,8 @@ async def wait_for(pilot, cond, timeout: float = 60.0, what: str = ""):
 
 
 def install(home, gguf: Path, name: str) -> None:
-    from diskllm.core.gguf_info import read_gguf_info
-    from diskllm.core.model_index import InstalledModel, ModelIndex, model_slug
+    from diskllm.core.models.gguf import read_gguf_info
+    from diskllm.core.models.index import InstalledModel, ModelIndex, model_slug
 
     info = read_gguf_info(gguf)
     d = home.models / model_slug(name)
@@ -56,7 +56,7 @@ async def main(size: tuple[int, int]) -> None:
     from textual.widgets import DataTable, TextArea
 
     from diskllm.core.paths import Home
-    from diskllm.core.testmodels import fetch_smollm2
+    from diskllm.testing.fetch import fetch_smollm2
     from diskllm.tui.app import Workbench
 
     root = Path(tempfile.mkdtemp(prefix="diskllm-shots-"))

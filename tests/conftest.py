@@ -1,4 +1,8 @@
-"""Shared fixtures: one llama-server build per cache, real models, per-test homes."""
+"""Shared fixtures: one llama-server build per cache, real models, per-test homes.
+
+Layout: unit/ runs without a llama-server, live/ needs the built server, tui/
+drives the workbench (Pilot, snapshots). Every test that needs the server is
+marked slow, wherever it lives."""
 from __future__ import annotations
 
 import asyncio
@@ -15,9 +19,16 @@ import pytest
 
 from diskllm.core.build import ensure_server, server_supports_kv_flags
 from diskllm.core.paths import Home
-from diskllm.core.testmodels import fetch_gemma3, fetch_smollm2
+from diskllm.testing.fetch import fetch_gemma3, fetch_smollm2
 
 DEFAULT_BUILD_CACHE = Path.home() / ".cache" / "diskllm" / "build"
+LIVE = Path(__file__).parent / "live"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if LIVE in Path(item.path).parents or "server_binary" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +134,7 @@ class CliResult:
 def run_cli(*args: str, input: str | None = None, timeout: float = 600) -> CliResult:
     """Run `diskllm ARGS` in a subprocess with the current environment."""
     r = subprocess.run(
-        [sys.executable, "-m", "diskllm.core.cli", *args],
+        [sys.executable, "-m", "diskllm.cli", *args],
         input=input, capture_output=True, text=True, timeout=timeout,
     )
     return CliResult(r.returncode, r.stdout, r.stderr)

@@ -24,10 +24,10 @@ from textual.screen import Screen
 
 from diskllm.core.config import Config, load_config
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.gguf_info import GGUFInfo
+from diskllm.core.models.gguf import GGUFInfo
 from diskllm.core.paths import Home
-from diskllm.core.pull_progress import CancelToken, PullEvent
-from diskllm.core.server import RunningServer, ServerEntry, ServerOptions, stop_server
+from diskllm.core.pull.events import CancelToken, PullEvent
+from diskllm.core.server import RunningServer, ServerEntry, stop_server
 
 from . import messages as m
 from . import services
@@ -277,12 +277,9 @@ class Workbench(App[int]):
 
     @work(exclusive=True, group="server", exit_on_error=False)
     async def _start(self, name: str, path: str, ctx: int, backend: str) -> None:
-        cfg = self.cfg
-        opts = ServerOptions(model_path=Path(path), model_name=name, ctx=ctx, host=cfg.host, port=cfg.port,
-                             kv_backend=backend, kv_window=cfg.kv_window,
-                             kv_prefetch=cfg.kv_prefetch, threads=cfg.threads)
         try:
-            server = await services.start_model(self.home, opts, self.post_message)
+            server = await services.start_model(self.home, name, path, {"ctx": ctx, "kv_backend": backend},
+                                                self.post_message)
         except DiskLLMError as e:
             self.post_message(m.ServerStartFailed(name, str(e)))
             return
@@ -375,6 +372,7 @@ class Workbench(App[int]):
     # --- memory, log ----------------------------------------------------------
     def on_memory_sample(self, msg: m.MemorySample) -> None:
         self.memory.append(msg)
+        msg.recorded = True
         self.fan_out(msg)
 
     def on_log_lines(self, msg: m.LogLines) -> None:
@@ -386,14 +384,11 @@ class Workbench(App[int]):
     # --- sessions ------------------------------------------------------------
     async def _runner(self):
         """The SessionRunner of the active server (created on first use)."""
-        from diskllm.core.sessions import ModelInfo, SessionRunner, SessionStore
-
         e = self.server
         if e is None or self.status.health in ("dead", "stopping", "none"):
             raise DiskLLMError("no server is running: start a model in the Models pane (F1)")
         if self.session_runner is None or self._runner_pid != e.pid:
-            info = await asyncio.to_thread(ModelInfo.from_entry, e, self.home)
-            self.session_runner = SessionRunner(e.base_url, SessionStore(self.home), info)
+            self.session_runner = await services.session_runner(self.home, e)
             self._runner_pid = e.pid
         return self.session_runner
 
@@ -416,36 +411,30 @@ class Workbench(App[int]):
         """Save the active session's KV, restore `name` into the same slot, verify reuse."""
         try:
             runner = await self._runner()
-            store = runner.store
-            if create:
-                await asyncio.to_thread(store.create, name, runner.model_info)
-            report = await runner.switch(self.active_session, name, verify=True)
-            session = await asyncio.to_thread(store.load, name)
+            session, event = await services.switch_session(runner, self.active_session, name, create=create)
         except Exception as err:  # noqa: BLE001
             self._session_error(err)
             self.refresh_sessions()
             return
         self.active_session = session
-        self.post_message(services.switched_event(report, session))
+        self.post_message(event)
         self.refresh_sessions()
 
     @work(group="sessions", exit_on_error=False)
     async def rename_session(self, old: str, new: str) -> None:
-        from diskllm.core.sessions import SessionStore
         try:
-            store = SessionStore(self.home)
-            await asyncio.to_thread(store.rename, old, new)
-            if self.active_session is not None and self.active_session.name == old:
-                self.active_session = await asyncio.to_thread(store.load, new)
+            active = self.active_session is not None and self.active_session.name == old
+            renamed = await asyncio.to_thread(services.rename_session, self.home, old, new, reload=active)
+            if active:
+                self.active_session = renamed
         except Exception as err:  # noqa: BLE001
             self._session_error(err)
         self.refresh_sessions()
 
     @work(group="sessions", exit_on_error=False)
     async def delete_session(self, name: str) -> None:
-        from diskllm.core.sessions import SessionStore
         try:
-            await asyncio.to_thread(SessionStore(self.home).delete, name)
+            await asyncio.to_thread(services.delete_session, self.home, name)
             if self.active_session is not None and self.active_session.name == name:
                 self.active_session = None
             self.notify(f"deleted session {name}")
@@ -455,11 +444,8 @@ class Workbench(App[int]):
 
     @work(group="sessions", exit_on_error=False)
     async def export_session(self, name: str, path: str) -> None:
-        from diskllm.core.sessions import SessionStore
         try:
-            text = await asyncio.to_thread(SessionStore(self.home).export_markdown, name)
-            dest = Path(path).expanduser()
-            await asyncio.to_thread(dest.write_text, text, "utf-8")
+            dest = await asyncio.to_thread(services.export_session, self.home, name, path)
         except OSError as err:
             self.post_message(m.SessionFailed(f"cannot write {path}: {err.strerror}"))
             return

@@ -1,11 +1,15 @@
 """The workbench's internal API: one dataclass Message per event.
 
-Workers (tui/workers.py) post these to the App; the App keeps the state and
-forwards each event to the pane screens (App.fan_out). Tests inject fake data
-by posting the very same messages, so a snapshot shows what a real run shows.
+Workers (the App's @work methods, over tui/services.py) post these to the App;
+the App keeps the state and forwards each event to the pane screens
+(App.fan_out). Tests inject fake data by posting the very same messages, so a
+snapshot shows what a real run shows.
 
 Every message here has bubble=False: the App forwards them to screens and a
-bubbling copy would come straight back.
+bubbling copy would come straight back. High-rate ones (pull progress, memory
+samples, live chat stats) implement can_replace: Textual drops a queued one when
+a newer one of the same stream is behind it, so a busy UI shows the latest
+figure instead of working through a backlog of redraws.
 """
 from __future__ import annotations
 
@@ -14,13 +18,18 @@ from typing import Any
 
 from textual.message import Message
 
-from diskllm.core.gguf_info import GGUFInfo
-from diskllm.core.pull_progress import PullEvent
+from diskllm.core.models.gguf import GGUFInfo
+from diskllm.core.pull.events import PullEvent
 from diskllm.core.server import ServerEntry
 
 
 class Event(Message, bubble=False):
     """Base of the workbench's events."""
+
+    def __init_subclass__(cls, bubble: bool | None = False, **kwargs: Any) -> None:
+        # Message.__init_subclass__ defaults bubble to True for every subclass, which
+        # sent each event a pane received straight back to the App (handled twice).
+        super().__init_subclass__(bubble=bubble, **kwargs)
 
 
 # --- models -----------------------------------------------------------------
@@ -55,6 +64,11 @@ class ModelsLoaded(Event):
 class PullProgress(Event):
     spec: str                         # what the user asked for (the pull's key)
     event: PullEvent
+
+    def can_replace(self, message: Message) -> bool:
+        # a note ("resuming", "trying the next source") is kept; plain byte counts are superseded
+        return (isinstance(message, PullProgress) and message.spec == self.spec
+                and not self.event.message)
 
 
 @dataclass
@@ -122,6 +136,13 @@ class MemorySample(Event):
     def weights_resident(self) -> int:
         return max(0, self.rss_file - self.kv_resident)
 
+    # Set by the App once the sample is in its history: only then may a newer one supersede
+    # it (in the panes' queues; they redraw from the history, so nothing is lost).
+    recorded: bool = field(default=False, init=False, compare=False, repr=False)
+
+    def can_replace(self, message: Message) -> bool:
+        return self.recorded and isinstance(message, MemorySample) and message.pid == self.pid
+
 
 # --- log --------------------------------------------------------------------
 
@@ -152,6 +173,9 @@ class ChatStats(Event):
     ctx_used: int
     ctx_size: int
     final: bool = False
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ChatStats) and not self.final
 
 
 @dataclass

@@ -17,19 +17,21 @@ from typing import Any
 import httpx
 import psutil
 
-from diskllm.core.build import ensure_server
-from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, stream_chat  # noqa: F401 (re-exported for screens)
+from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, ThinkSplitter
 from diskllm.core.config import load_config
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.gguf_info import GGUFInfo, read_gguf_info
-from diskllm.core.model_index import ModelIndex
+from diskllm.core.models.gguf import GGUFInfo, read_gguf_info
+from diskllm.core.launch import LaunchEvent, LaunchRequest, LaunchStep, launch
+from diskllm.core.models.index import ModelIndex
+from diskllm.core.models.resolve import remove_model
 from diskllm.core.paths import Home
 from diskllm.core.pull import pull
-from diskllm.core.pull_progress import CancelToken, PullCancelled, PullEvent
-from diskllm.core.registry import load_registry
+from diskllm.core.pull.events import CancelToken, PullCancelled, PullEvent
+from diskllm.core.sessions import ModelInfo, Session, SessionRunner, SessionStore
+from diskllm.core.models.registry import load_registry
 from diskllm.core.server import (
-    RunningServer, ServerEntry, ServerOptions, kv_disk_bytes, kv_mapping_resident,
-    list_servers, log_tail, memory_of, start_server, stop_server,
+    RunningServer, ServerEntry, kv_disk_bytes, kv_mapping_resident,
+    list_servers, log_tail, memory_of, stop_server,
 )
 
 from . import messages as m
@@ -89,24 +91,24 @@ async def run_pull(home: Home, spec: str, token: CancelToken, post: Post) -> Non
 
 
 def delete_model(home: Home, name: str) -> None:
-    index = ModelIndex(home)
-    model = index.get(name)
-    mine = {p.resolve() for p in model.paths}
-    pids = [s.pid for s in list_servers(home) if Path(s.model_path).resolve() in mine]
-    if pids:
-        raise DiskLLMError(f"{model.name} is in use by server pid {', '.join(map(str, pids))}; stop it first")
-    index.remove(model.name)
+    remove_model(home, name)
 
 
 # --- servers ----------------------------------------------------------------
 
-async def start_model(home: Home, opts: ServerOptions, post: Post) -> RunningServer:
-    """Build (cached) and start llama-server; progress lines go out as ServerProgress."""
-    def say(line: str) -> None:
-        post(m.ServerProgress(line))
+async def start_model(home: Home, name: str, path: str, overrides: dict[str, Any], post: Post) -> RunningServer:
+    """core.launch with the workbench's choices; progress lines go out as ServerProgress.
 
-    binary = await ensure_server(home, progress=say)
-    return await start_server(home, opts, binary, progress=say)
+    sessions=True: any server started here may take sessions (the Sessions pane),
+    so it gets the flags a session needs (--swa-full for sliding-window models)."""
+    def render(ev: LaunchEvent) -> None:
+        if isinstance(ev, LaunchStep):
+            post(m.ServerProgress(ev.line))
+
+    req = LaunchRequest(model=path, name=name, options=overrides, sessions=True)
+    done = await launch(home, req, render)
+    assert done.server is not None
+    return done.server
 
 
 def adopt_server(home: Home) -> ServerEntry | None:
@@ -198,55 +200,6 @@ async def tail_log(path: Path, post: Post, interval: float = 0.5, initial: int =
 
 # --- chat -------------------------------------------------------------------
 
-class ThinkSplitter:
-    """Splits streamed text into reasoning (<think>...</think>) and answer parts.
-
-    Tags may arrive split across chunks, so a possible tag prefix at the end of
-    a chunk is held back until the next chunk decides it."""
-
-    OPEN, CLOSE = "<think>", "</think>"
-
-    def __init__(self) -> None:
-        self.in_think = False
-        self.buf = ""
-
-    def feed(self, text: str) -> list[tuple[str, bool]]:
-        """-> [(text, is_reasoning)]"""
-        self.buf += text
-        out: list[tuple[str, bool]] = []
-        while self.buf:
-            tag = self.CLOSE if self.in_think else self.OPEN
-            i = self.buf.find(tag)
-            if i >= 0:
-                if i:
-                    out.append((self.buf[:i], self.in_think))
-                self.buf = self.buf[i + len(tag):]
-                self.in_think = not self.in_think
-                continue
-            keep = 0  # longest suffix that could start the tag
-            for k in range(min(len(tag) - 1, len(self.buf)), 0, -1):
-                if tag.startswith(self.buf[-k:]):
-                    keep = k
-                    break
-            emit = self.buf[:len(self.buf) - keep]
-            if emit:
-                out.append((emit, self.in_think))
-            self.buf = self.buf[len(self.buf) - keep:]
-            break
-        return out
-
-    def flush(self) -> list[tuple[str, bool]]:
-        rest, self.buf = self.buf, ""
-        return [(rest, self.in_think)] if rest else []
-
-
-def split_think(text: str) -> tuple[str, str]:
-    """A finished reply -> (answer, reasoning)."""
-    sp = ThinkSplitter()
-    parts = sp.feed(text) + sp.flush()
-    return ("".join(t for t, r in parts if not r), "".join(t for t, r in parts if r))
-
-
 async def consume_chat(source: AsyncIterator[Any], ctx_size: int, prompt_tokens_hint: int,
                        post: Post) -> tuple[str, str]:
     """Read a stream of core ChatDelta / ChatDone (stream_chat or SessionRunner.chat_turn),
@@ -293,8 +246,6 @@ async def stop(entry: ServerEntry | RunningServer, grace: float = 10.0) -> None:
 # --- sessions ---------------------------------------------------------------
 
 def session_rows(home: Home) -> list[m.SessionRow]:
-    from diskllm.core.sessions import SessionStore
-
     rows = []
     for s in SessionStore(home).list():
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-"
@@ -318,3 +269,38 @@ def switched_event(report: Any, session: Any) -> m.SessionSwitched:
     return m.SessionSwitched(
         session.name, list(session.messages), rest.restored_tokens, rest.wall_ms, rest.restore_ms,
         report.total_ms, saved, reuse, verified, note)
+
+
+async def session_runner(home: Home, entry: ServerEntry) -> SessionRunner:
+    info = await asyncio.to_thread(ModelInfo.from_entry, entry, home)
+    return SessionRunner(entry.base_url, SessionStore(home), info)
+
+
+async def switch_session(runner: SessionRunner, active: Session | None, name: str, *,
+                         create: bool = False) -> tuple[Session, m.SessionSwitched]:
+    """Save the active session's KV, restore `name` into the same slot, verify reuse."""
+    store = runner.store
+    if create:
+        await asyncio.to_thread(store.create, name, runner.model_info)
+    report = await runner.switch(active, name, verify=True)
+    session = await asyncio.to_thread(store.load, name)
+    return session, switched_event(report, session)
+
+
+def rename_session(home: Home, old: str, new: str, *, reload: bool = False) -> Session | None:
+    """Rename; reload=True (the active session was renamed) returns it under its new name."""
+    store = SessionStore(home)
+    store.rename(old, new)
+    return store.load(new) if reload else None
+
+
+def delete_session(home: Home, name: str) -> None:
+    SessionStore(home).delete(name)
+
+
+def export_session(home: Home, name: str, path: str) -> Path:
+    """Write the transcript as Markdown; OSError (not DiskLLMError) when the file cannot be written."""
+    text = SessionStore(home).export_markdown(name)
+    dest = Path(path).expanduser()
+    dest.write_text(text, "utf-8")
+    return dest

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diskllm.core.units import human_bytes as core_human_bytes
+
 
 @dataclass(frozen=True)
 class Status:
@@ -22,14 +24,7 @@ class Status:
 
 def human_bytes(n: float | None) -> str:
     """Binary units, compact enough for an 80-column table."""
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if abs(n) >= scale:
-            v = n / scale
-            return f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
-    return f"{int(n)}B"
+    return core_human_bytes(n, "compact")
 
 
 def clock(seconds: float | None) -> str:

@@ -14,6 +14,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Collapsible, Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
+from diskllm.core.chat import split_think
 from diskllm.core.errors import DiskLLMError
 
 from .. import messages as m
@@ -239,7 +240,7 @@ class ChatScreen(PaneScreen):
             if x["role"] == "user":
                 widgets.append(UserMessage(x["content"], markup=False))
             elif x["role"] == "assistant":
-                answer, reasoning = services.split_think(x["content"])
+                answer, reasoning = split_think(x["content"])
                 widgets.append(AssistantMessage(answer, reasoning))
         await transcript.mount_all(widgets)
         transcript.scroll_end(animate=False)

@@ -8,8 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
-from diskllm.core.gguf_info import GGUFInfo
-from diskllm.core.model_show import estimate_memory
+from diskllm.core.models.gguf import GGUFInfo
+from diskllm.core.models.show import estimate_memory
 
 from ..state import human_bytes
 

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, Static
 
-from diskllm.core.model_show import estimate_memory
+from diskllm.core.models.show import estimate_memory
 
 from .. import messages as m
 from ..state import human_bytes

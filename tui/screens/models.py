@@ -7,7 +7,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 
-from diskllm.core.model_show import estimate_memory
+from diskllm.core.models.show import estimate_memory
 
 from .. import messages as m
 from ..state import human_bytes

@@ -6,7 +6,7 @@ from textual.containers import Horizontal
 from textual.css.query import NoMatches
 from textual.widgets import Label, ProgressBar
 
-from diskllm.core.pull_progress import PullEvent
+from diskllm.core.pull.events import PullEvent
 
 from ..state import clock, human_bytes
 

@@ -1,0 +1,1 @@
+"""The `diskllm` command line: parses arguments, calls diskllm.core, prints."""

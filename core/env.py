@@ -1,0 +1,45 @@
+"""Every DISKLLM_* environment variable, in one table with its meaning.
+
+Code reads them through `env()` / `env_flag()`, which refuse names missing from
+the table, so the table (and docs/config.md, checked against it by a test)
+cannot fall behind the code."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    meaning: str
+
+
+ENV: tuple[EnvVar, ...] = (
+    EnvVar("DISKLLM_HOME", "home directory (default `~/.diskllm`)"),
+    EnvVar("DISKLLM_LLAMA_SERVER", "llama-server binary; overrides `server_binary`"),
+    EnvVar("DISKLLM_BUILD_CACHE", "where built servers are cached (default `$DISKLLM_HOME/bin`)"),
+    EnvVar("DISKLLM_TEST_MODELS", "test-model cache (default `~/.cache/diskllm/test-models`)"),
+    EnvVar("DISKLLM_DEBUG=1", "tracebacks for unexpected errors"),
+    EnvVar("DISKLLM_KV_PREFETCH_FORCE=1", "(read by llama-server) keep the read-ahead on although nothing is "
+                                          "paged; benchmarks use it to measure its cost"),
+)
+_NAMES = {v.name.split("=")[0] for v in ENV}
+
+
+def env(name: str) -> str | None:
+    """The variable's value; unset or empty -> None."""
+    if name not in _NAMES:
+        raise KeyError(f"{name} is not in diskllm.core.env.ENV: add it there (and to docs/config.md)")
+    return os.environ.get(name) or None
+
+
+def env_flag(name: str) -> bool:
+    return env(name) == "1"
+
+
+def markdown_table() -> str:
+    """The Environment table of docs/config.md."""
+    rows = ["| variable | effect |", "|---|---|"]
+    rows += [f"| `{v.name}` | {v.meaning} |" for v in ENV]
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,1 @@
+"""Models on disk: the installed index, GGUF headers, the pull registry, resolution."""
