@@ -13,6 +13,10 @@ from diskllm.core.errors import DiskLLMError
 from diskllm.core.paths import Home
 
 KV_BACKENDS = ("ssd", "ram")
+# Where the CPU backend's repacked weights live (core/models/repack.py): "file" = the
+# repack cache (page cache, not private RAM), "off" = no repacking, "ram" = upstream's
+# anonymous copy (the whole model in private RAM for Q4_K_M).
+REPACK_MODES = ("file", "off", "ram")
 
 
 @dataclass
@@ -24,6 +28,7 @@ class Config:
     kv_prefetch: int = 8  # MiB read ahead of compute once the KV no longer fits in RAM; 0 = off
     threads: int | None = None  # None = let llama-server choose
     kv_backend: str = "ssd"
+    repack: str = "file"
     server_binary: str | None = None
     # Sections owned by other modules ([registry], [keymap], ...), kept verbatim.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -55,6 +60,8 @@ def _check(cfg: Config, where: str) -> None:
         raise bad("threads", f"must be a positive integer, got {cfg.threads!r}")
     if cfg.kv_backend not in KV_BACKENDS:
         raise bad("kv_backend", f"must be one of {', '.join(KV_BACKENDS)}, got {cfg.kv_backend!r}")
+    if cfg.repack not in REPACK_MODES:
+        raise bad("repack", f"must be one of {', '.join(REPACK_MODES)}, got {cfg.repack!r}")
     if cfg.server_binary is not None and not isinstance(cfg.server_binary, str):
         raise bad("server_binary", "must be a path string")
 

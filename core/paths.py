@@ -24,6 +24,11 @@ class Home:
         return self.root / "sessions"
 
     @property
+    def repack(self) -> Path:
+        """Repacked weights (patches/0005): one cache file per model, build and CPU."""
+        return self.root / "repack"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -27,6 +27,7 @@ from diskllm.core.atomic import atomic_write_text
 from diskllm.core.build import server_supports_flag, server_supports_kv_flags
 from diskllm.core.config import Config
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.models.repack import ensure_private_dir, repack_cache_path
 from diskllm.core.paths import Home
 
 Progress = Callable[[str], None]
@@ -43,6 +44,7 @@ class ServerOptions:
     kv_backend: str = "ssd"
     kv_window: int = 256
     kv_prefetch: int = 8
+    repack: str = "file"  # config.REPACK_MODES
     threads: int | None = None
     extra_args: list[str] = field(default_factory=list)
     parallel: int = 1
@@ -66,7 +68,8 @@ class ServerOptions:
             raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
         given.setdefault("port_explicit", "port" in given)
         base = dict(ctx=cfg.ctx, host=cfg.host, port=cfg.port, kv_backend=cfg.kv_backend,
-                    kv_window=cfg.kv_window, kv_prefetch=cfg.kv_prefetch, threads=cfg.threads)
+                    kv_window=cfg.kv_window, kv_prefetch=cfg.kv_prefetch, repack=cfg.repack,
+                    threads=cfg.threads)
         return cls(model_path=Path(model), model_name=name, **{**base, **given})
 
 
@@ -165,7 +168,27 @@ def build_argv(home: Home, opts: ServerOptions, binary: Path, port: int | None =
             f"{binary} has no SSD KV backend (no --kv-backend flag); "
             "use --kv-backend ram, or 'diskllm build' the patched server"
         )
-    return argv + list(opts.extra_args)
+    return argv + repack_args(home, opts, binary) + list(opts.extra_args)
+
+
+_REPACK_FLAGS = ("--repack", "-nr", "--no-repack", "--repack-cache")
+
+
+def repack_args(home: Home, opts: ServerOptions, binary: Path) -> list[str]:
+    """Flags that keep repacked weights out of private RAM (opts.repack, config `repack`).
+
+    "file": the repack cache of patches/0005, keyed by model, build and CPU; a binary
+    without it gets --no-repack, which also keeps the weights file-backed. Flags the
+    user passes through win."""
+    if any(a.split("=", 1)[0] in _REPACK_FLAGS for a in opts.extra_args):
+        return []
+    if opts.repack == "off" or (opts.repack == "file" and not server_supports_flag(binary, "--repack-cache")):
+        return ["--no-repack"]
+    if opts.repack == "file":
+        cache = repack_cache_path(home, Path(opts.model_path), binary)
+        ensure_private_dir(cache.parent)
+        return ["--repack-cache", str(cache)]
+    return []
 
 
 def _safe_name(s: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.models.index import InstalledModel, ModelIndex
 from diskllm.core.models.registry import load_registry
+from diskllm.core.models.repack import remove_repack_caches
 from diskllm.core.paths import Home
 from diskllm.core.server import list_servers
 
@@ -67,5 +68,6 @@ def remove_model(home: Home, name: str) -> InstalledModel:
     if pids:
         raise DiskLLMError(f"{model.name} is in use by server pid {', '.join(map(str, pids))}; "
                            "stop it first (diskllm stop)")
+    remove_repack_caches(home, Path(model.path))  # its repacked copies, for every build and CPU
     index.remove(model.name)
     return model
