@@ -104,8 +104,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                  ("size", human_bytes(m.size))]
         if m.extra:
             rows.append(("extra files", ", ".join(sorted(m.extra.values()))))
-    ctx = args.ctx or load_config(home).ctx
-    rows += describe(info, ctx, weights)
+    cfg = load_config(home)
+    rows += describe(info, args.ctx or cfg.ctx, weights, cfg.repack)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k.ljust(width)}  {v}")

@@ -68,7 +68,7 @@ def scan_models(home: Home) -> m.ModelsLoaded:
                 available.append(m.RegistryRow(e.name, e.description, ", ".join(s.kind for s in e.sources)))
     except DiskLLMError:
         pass
-    return m.ModelsLoaded(rows, available, cfg.ctx)
+    return m.ModelsLoaded(rows, available, cfg.ctx, cfg.repack)
 
 
 async def run_pull(home: Home, spec: str, token: CancelToken, post: Post) -> None:

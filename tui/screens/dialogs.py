@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
 from diskllm.core.models.gguf import GGUFInfo
-from diskllm.core.models.show import estimate_memory
+from diskllm.core.models.show import estimate_memory, weights_text
 
 from ..state import human_bytes
 
@@ -74,9 +74,9 @@ class StartServerScreen(Dialog):
         Binding("ctrl+s", "submit", "Start", id="dialog.start"),
     ]
 
-    def __init__(self, model: str, info: GGUFInfo | None, ctx: int, backend: str) -> None:
+    def __init__(self, model: str, info: GGUFInfo | None, ctx: int, backend: str, repack: str = "file") -> None:
         super().__init__()
-        self.model, self.info, self.ctx, self.backend = model, info, ctx, backend
+        self.model, self.info, self.ctx, self.backend, self.repack = model, info, ctx, backend, repack
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="start-form"):
@@ -117,13 +117,14 @@ class StartServerScreen(Dialog):
         if self.info is None:
             out.update("no GGUF header: no estimate")
             return
-        e = estimate_memory(self.info, ctx)
+        e = estimate_memory(self.info, ctx, repack=self.repack)
         if self._backend() == "ram":
             out.update(f"private RAM ~ {human_bytes(e.ram_private)} (KV) + compute buffers\n"
-                       f"weights {human_bytes(e.weights)} mmap'd")
+                       f"weights {weights_text(e)}")
         else:
-            out.update(f"private RAM ~ compute buffers only\n"
-                       f"KV up to {human_bytes(e.kv)} on SSD (grows with use), weights {human_bytes(e.weights)}")
+            private = f"{human_bytes(e.ssd_private)} (repacked weights) + " if e.ssd_private else ""
+            out.update(f"private RAM ~ {private}compute buffers only\n"
+                       f"KV up to {human_bytes(e.kv)} on SSD (grows with use)\nweights {weights_text(e)}")
 
     @on(Input.Submitted)
     def action_submit(self) -> None:

@@ -87,8 +87,9 @@ class ModelsScreen(PaneScreen):
         inst.clear()
         for r in self.rows:
             if r.info is not None:
-                e = estimate_memory(r.info, self.ctx, r.size)
-                ram, ssd, disk = human_bytes(e.ram_private), "~0", human_bytes(e.kv)
+                e = estimate_memory(r.info, self.ctx, r.size, loaded.repack)
+                ram, disk = human_bytes(e.ram_private), human_bytes(e.kv)
+                ssd = human_bytes(e.ssd_private) if e.ssd_private else "~0"
             else:
                 ram = ssd = disk = "?"
             inst.add_row("●" if r.served else " ", r.name, human_bytes(r.size), r.quant, r.arch,
@@ -162,7 +163,8 @@ class ModelsScreen(PaneScreen):
                 self.bench.start_model(row.name, row.path, ctx, backend)
                 self.notify(f"starting {row.name} (ctx {ctx:,}, kv {backend})")
 
-        self.app.push_screen(StartServerScreen(row.name, row.info, self.ctx, self.bench.cfg.kv_backend), chosen)
+        self.app.push_screen(StartServerScreen(row.name, row.info, self.ctx, self.bench.cfg.kv_backend,
+                                                self.bench.cfg.repack), chosen)
 
     @on(DataTable.RowSelected, "#installed")
     def _enter_installed(self) -> None:
