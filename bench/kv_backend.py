@@ -325,7 +325,9 @@ class Bench:
                 self.say(f"  {self.label}: memory cap skipped: {e}")
                 return
             self.row["cgroup"] = str(self.cg.path)
+        t0 = time.monotonic()
         self.srv, why = start(self.argv, self.log, self.kv_dir, self.cg, timeout=180, env=self.env)
+        self.row["load_seconds"] = time.monotonic() - t0
         if why:
             self.row["error"] = f"did not start: {why}"
             self.row["log_tail"] = self.srv.log_tail()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from diskllm.bench import kv_backend, kv_paging, pull_speed
+from diskllm.bench import kv_backend, kv_paging, pull_speed, repack
 from diskllm.core.pin import load_pin
 
 INTRO = """\
@@ -78,6 +78,21 @@ The first table of each run is the prefetcher's cost while nothing is paged: the
 servers without a cap, side by side; "prefetch-forced" keeps the read-ahead machinery
 on although nothing is read from storage (`DISKLLM_KV_PREFETCH_FORCE=1`), an upper
 bound of what it costs when it switches on needlessly.
+"""
+
+REPACK_TEXT = """\
+`bench/repack.py` (issue 12). A quantized model's weights: the CPU backend repacks
+Q4_0/Q4_K/IQ4_NL/MXFP4 (x86 AVX2) into an interleaved copy for faster kernels, in
+anonymous memory upstream. The model is synthesized with Qwen2.5-7B's full matrix
+sizes (n_embd 3584, 28 layers, 28 heads, 4 KV heads x 128, ffn 18944) in Q4_K,
+random weights (`testing/synth.py`, 3.9 GB). Side by side at the same context and
+fill: **stock** at its defaults (repack on, copy in private RAM), the patched **ram**
+and **ssd** servers as `diskllm run` starts them (the copy in the repack cache file,
+patches/0005, mapped read-only), and **ssd-no-repack** (`--no-repack`, the design
+not taken: no copy, no repacked kernels). The cache is written by one start before
+the timed servers (its time is reported). Then each server alone under a memory cap
+for server + page cache, the model file and the cache dropped from the page cache
+first.
 """
 
 SESSIONS_TEXT = """\
@@ -275,6 +290,24 @@ def _targets(res: Any) -> list[str]:
     else:
         line("ssd answers under the 25% cap where stock is killed", "-", None)
 
+    for run in _by_section(res, "repack"):
+        be = {r["variant"]: r for r in _rows(run, "repack")}
+        ssd, stock, c = be.get("ssd", {}), be.get("stock", {}), run["config"]
+        where = f"full-size 7B Q4_K, {c['ctx'] // 1024}K"
+        if ssd.get("rss_anon") and stock.get("rss_anon"):
+            r = ssd["rss_anon"] / stock["rss_anon"]
+            line(f"issue 12: RssAnon ssd/stock <= 0.02 ({where})",
+                 f"{r:.3f} ({ssd['rss_anon'] / 1e6:.0f} vs {stock['rss_anon'] / 1e6:.0f} MB)",
+                 r <= 0.02 if c["ctx"] >= 65536 else None)
+        if ssd.get("decode_tps") and stock.get("decode_tps"):
+            r = ssd["decode_tps"] / stock["decode_tps"]
+            line(f"issue 12: decode ssd/stock >= 0.95, stock at its defaults ({where})", f"{r:.2f}", r >= 0.95)
+        if ssd.get("prefill_tps") and stock.get("prefill_tps"):
+            r = ssd["prefill_tps"] / stock["prefill_tps"]
+            nr = be.get("ssd-no-repack", {}).get("prefill_tps")
+            line(f"issue 12: prefill ssd/stock reported ({where})",
+                 f"{r:.2f}" + (f" (--no-repack: {nr / stock['prefill_tps']:.2f})" if nr else ""), r >= 0.9)
+
     four_k = [r for r in res.sessions if r.get("tokens", 0) >= 3500]
     if four_k:
         worst = max(r["ratio_cold"] for r in four_k)
@@ -317,7 +350,8 @@ def render(res: Any) -> str:
                                              else "full run"),
            "Sections: [Targets](#targets) · [Machine](#machine) · [KV backend](#kv-backend-stock-vs-ram-vs-ssd) · "
            "[Quantized KV](#quantized-kv-cache-q8_0) · [Memory caps](#memory-caps) · "
-           "[Paging](#paging-when-the-working-set-does-not-fit) · [Session restore](#session-restore) · "
+           "[Paging](#paging-when-the-working-set-does-not-fit) · [Repacked weights](#repacked-weights-quantized-models) · "
+           "[Session restore](#session-restore) · "
            "[Pull](#pull-throughput) · [Caveats](#what-these-figures-show-and-do-not-show)", "",
            "## Targets", "", TARGETS_NOTE]
     out += _targets(res)
@@ -340,6 +374,9 @@ def render(res: Any) -> str:
     paging = _by_section(res, "paging")
     out += ["", "## Paging when the working set does not fit", "", PAGING_TEXT]
     out += _details(paging, kv_paging.table)
+
+    out += ["", "## Repacked weights (quantized models)", "", REPACK_TEXT]
+    out += _details(_by_section(res, "repack"), repack.table)
 
     out += ["", "## Session restore", "", SESSIONS_TEXT]
     if res.sessions:

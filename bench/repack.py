@@ -1,0 +1,185 @@
+"""Repacked weights benchmark (issue 12): where a quantized model's weights live.
+
+The CPU backend repacks Q4_0/Q4_K/IQ4_NL/MXFP4 weights (x86 AVX2) into an
+interleaved copy at load; upstream keeps that copy in anonymous memory. On a
+model with Qwen2.5-7B's full matrix sizes in Q4_K (synthesized, random
+weights, ~3.9 GB), side by side at the same context and fill:
+
+- **stock**: the unpatched build at its defaults (repack on, copy in private RAM);
+- **ram** / **ssd**: the patched build as `diskllm run` starts it (the copy in the
+  repack cache file, patches/0005), KV in private RAM or on SSD;
+- **ssd-no-repack**: `--no-repack`, the other design (no copy, no repacked kernels).
+
+Then each alone under a memory cap for server + page cache (default 2.5 GB),
+where weights + KV do not fit: who starts, who answers, tok/s, bytes read per
+token. The model file and repack cache are dropped from the page cache first.
+
+    python -m bench.repack --ctx 32768 --fill 2048 --cap-gb 2.5   # 28 layers
+    python -m bench.repack --ctx 65536 --fill 2048 --cap-gb 0
+    python -m bench.repack --quick              # 2-layer variant, small sizes, no cap
+
+Importable: run(...) -> list[dict]; table(rows) -> Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from diskllm.bench.kv_backend import Bench, Say, binaries, emit, measure_interleaved, setup
+from diskllm.bench.machine import describe, drop_file_cache
+from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, repacked_bytes
+
+VARIANTS = ("stock", "ram", "ssd", "ssd-no-repack")
+CAP_BYTES = int(2.5e9)
+
+
+def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
+    """(backend, extra flags) of a variant."""
+    if variant == "stock":
+        return "stock", []
+    if variant == "ssd-no-repack":
+        return "ssd", ["--no-repack"]
+    return variant, ["--repack-cache", str(cache)]
+
+
+def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = False, *,
+        cap: int | None = CAP_BYTES, variants: tuple[str, ...] = VARIANTS, threads: int | None = None,
+        runs: int | None = None, n_predict: int | None = None, work_dir: Path | None = None,
+        say: Say = print) -> list[dict]:
+    """Rows: 'machine', 'repack-first-start', 'repack' (side by side), 'repack-cap' (each alone)."""
+    from diskllm.testing.synth import synthesize_qwen7b_full
+    if quick:
+        n_layer, ctx, fill, cap = 2, min(ctx, 4096), min(fill, 256), None
+    ctxs = (ctx,)
+    runs = runs or (2 if quick else 3)
+    n_predict = n_predict or (8 if quick else 32)
+    model = synthesize_qwen7b_full(n_layer)
+    bins = binaries(True, say)
+    s0 = setup(model, ctxs[0], threads, work_dir, "diskllm-repack-")
+    cache = repack_cache_path_for(s0.work, model, bins["patched"])
+    rows: list[dict] = [{"kind": "machine", **describe(s0.work), "model": model.name, "model_bytes": s0.info.file_size,
+                         "repacked_bytes": repacked_bytes(s0.info), "runs": runs, "n_predict": n_predict,
+                         "quick": quick, "binaries": {k: str(v) for k, v in bins.items()}}]
+
+    def bench(variant: str, ctx: int, **kw: Any) -> Bench:
+        s = setup(model, ctx, threads, s0.work, "")
+        backend, extra = _flags(variant, cache)
+        return Bench(backend, bins["stock" if backend == "stock" else "patched"], model, ctx, fill,
+                     threads=s.threads, ctx_override=s.ctx_override, n_predict=n_predict, work=s0.work, say=say,
+                     extra=extra, label=variant, **kw)
+
+    try:
+        # One server writes the repack cache first, so the timed servers all map it
+        # (a first start repacks and writes it: that cost is reported on its own).
+        say(f"writing the repack cache {cache.name}")
+        first = bench("ram", ctxs[0])
+        first.start()
+        rows.append({"kind": "repack-first-start", **first.finish()})
+        for ctx in ctxs:
+            say(f"{', '.join(variants)}: {model.name} -c {ctx}, fill {fill} (side by side, decode round-robin)")
+            rows += [{"kind": "repack", **r} for r in measure_interleaved([bench(v, ctx) for v in variants], runs)]
+        if cap:
+            ctx = ctxs[0]
+            for v in variants:
+                drop_file_cache(model)
+                drop_file_cache(cache)
+                say(f"{v} under a {cap / 1e9:.1f} GB cap (server + page cache), -c {ctx}")
+                rows.append({"kind": "repack-cap", **measure_interleaved(
+                    [bench(v, ctx, cap=cap, cap_fraction=round(cap / s0.info.file_size, 3))],
+                    max(2, runs - 1))[0]})
+    finally:
+        if not work_dir:
+            shutil.rmtree(s0.work, ignore_errors=True)
+    return rows
+
+
+def repack_cache_path_for(work: Path, model: Path, binary: Path) -> Path:
+    """The cache file `diskllm run` would use, but under the benchmark's work dir."""
+    from diskllm.core.paths import Home
+    home = Home(work)
+    ensure_private_dir(home.repack)
+    return repack_cache_path(home, model, binary)
+
+
+def _mb(v: Any) -> str:
+    return "-" if v is None else f"{v / 1e6:.0f}"
+
+
+def _f(v: Any, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}"
+
+
+def table(rows: list[dict]) -> str:
+    out = []
+    m = next((r for r in rows if r["kind"] == "machine"), {})
+    out.append(f"{m.get('model')} ({_mb(m.get('model_bytes'))} MB, of which {_mb(m.get('repacked_bytes'))} MB "
+               f"repacked on this CPU); decode = median of {m.get('runs')} x {m.get('n_predict')} tokens")
+    first = next((r for r in rows if r["kind"] == "repack-first-start"), None)
+    if first and first.get("load_seconds"):
+        out.append(f"First start (repack + write the cache): {first['load_seconds']:.0f} s to healthy.")
+    for ctx in sorted({r["ctx"] for r in rows if r["kind"] == "repack"}):
+        be = {r["variant"]: r for r in rows if r["kind"] == "repack" and r["ctx"] == ctx}
+        fill = next(iter(be.values()))["fill"]
+        out += ["", f"-c {ctx}, {fill} tokens filled:", "",
+                "| server | start s | prefill tok/s | decode tok/s | RssAnon MB | RssFile MB | VmHWM MB | KV on disk MB |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for v, r in be.items():
+            if not r.get("answered"):
+                out.append(f"| {v} | {r.get('error', 'failed')} |||||||")
+                continue
+            out.append(f"| {v} | {_f(r.get('load_seconds'), '.0f')} | {_f(r.get('prefill_tps'))} | {_f(r.get('decode_tps'), '.2f')} "
+                       f"| {_mb(r.get('rss_anon'))} | {_mb(r.get('rss_file'))} | {_mb(r.get('vm_hwm'))} | {_mb(r.get('kv_disk'))} |")
+        stock = be.get("stock", {})
+        for v in ("ssd", "ssd-no-repack"):
+            r = be.get(v, {})
+            if r.get("answered") and stock.get("answered"):
+                out.append(f"| **{v}/stock** | | {_ratio(r.get('prefill_tps'), stock.get('prefill_tps'))} "
+                           f"| {_ratio(r.get('decode_tps'), stock.get('decode_tps'))} "
+                           f"| {_ratio(r.get('rss_anon'), stock.get('rss_anon'))} "
+                           f"| {_ratio(r.get('rss_file'), stock.get('rss_file'))} "
+                           f"| {_ratio(r.get('vm_hwm'), stock.get('vm_hwm'))} | |")
+    caps = [r for r in rows if r["kind"] == "repack-cap"]
+    if caps:
+        out += ["", f"Under a {caps[0]['cap_bytes'] / 1e9:.1f} GB cap (server + page cache), -c {caps[0]['ctx']}, "
+                    f"each server alone:", "",
+                "| server | started | answered | decode tok/s | read / token MB | cgroup peak MB | what happened |",
+                "|---|---|---|---:|---:|---:|---|"]
+        for r in caps:
+            what = "; ".join(x for x in (r.get("runs_cut"), r.get("error")) if x) or "answered"
+            if r.get("oom_kills"):
+                what = f"OOM-killed in the cgroup: {what}"
+            out.append(f"| {r['variant']} | {'yes' if r['started'] else 'no'} | {'yes' if r['answered'] else 'no'} "
+                       f"| {_f(r.get('decode_tps'), '.2f')} | {_mb(r.get('read_bytes_per_token'))} "
+                       f"| {_mb(r.get('cgroup_peak'))} | {what.replace('|', '/')[:120]} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.repack", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", type=int, default=28, help="28 = the full model (~3.9 GB); 2 for a quick look")
+    ap.add_argument("--ctx", type=int, default=32768)
+    ap.add_argument("--fill", type=int, default=2048)
+    ap.add_argument("--cap-gb", type=float, default=CAP_BYTES / 1e9, help="0: no capped runs")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--n-predict", type=int)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--work-dir", type=Path)
+    a = ap.parse_args(argv)
+    rows = run(a.layers, a.ctx, a.fill, a.quick, cap=int(a.cap_gb * 1e9) or None,
+               variants=tuple(a.variants), threads=a.threads, runs=a.runs, n_predict=a.n_predict,
+               work_dir=a.work_dir, say=lambda s: print(s, file=sys.stderr, flush=True))
+    return emit(rows, a.json, table(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
