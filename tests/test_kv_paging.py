@@ -37,6 +37,7 @@ from test_kv_backend import LONG_PROMPT, _complete, _start
 PROMPT = "\n".join(LONG_PROMPT.replace("lantern", word) for word in ("lantern", "kettle", "bell"))
 FILL = 3000  # tokens the working set is sized for (prompt + replies)
 START_CAP = 2 << 30  # generous cap to start under; lowered once private memory is known
+SLACK = 8 << 20  # on top of private memory: it still grows a little (compute buffers, slots)
 
 
 @pytest.fixture(scope="session")
@@ -193,7 +194,8 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
     srv = _Server(home, server_binary, model, cg, name=f"capped-{kind}")
     try:
         await _wait_healthy(srv.url.base_url, srv.proc)
-        private = memory_of(srv.proc.pid).rss_anon
+        await _complete(srv.url, PROMPT, n=1)  # compute buffers touched: private memory as it will be
+        private = memory_of(srv.proc.pid).rss_anon + SLACK
         cg.set_limit(private + working_set // 3)  # room for a third of KV + weights
         assert "kv-prefetch" in _threads(srv.proc.pid)
         before = _read_bytes(srv.proc.pid)
@@ -207,7 +209,7 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         # it really streamed: the budget came from the cgroup and the working set exceeded it
         assert st["streaming"] and st["budget_source"].startswith("cgroup"), st
         assert st["budget_bytes"] < cg.limit - private
-        assert read > info_size(model), read
+        assert read > min(info_size(model), working_set // 2), read
         assert "kv-budget:" in srv.text()
         assert cg.oom_kills() in (0, None)
         srv.kv = kv_files(home.kv_cache, srv.proc.pid)
@@ -230,8 +232,8 @@ async def test_lowering_the_cap_while_decoding_releases_memory_and_the_server_li
     srv = _Server(home, server_binary, smollm2_path, cg, name="shrinking")
     try:
         await _wait_healthy(srv.url.base_url, srv.proc)
-        private = memory_of(srv.proc.pid).rss_anon
         await _complete(srv.url, PROMPT, n=4)  # fill, everything resident
+        private = memory_of(srv.proc.pid).rss_anon + SLACK
         high = _stats(srv.kv_dir, srv.proc.pid)["budget_bytes"]
         reply = asyncio.create_task(_complete(srv.url, PROMPT + " More:", n=48))
         await asyncio.sleep(1.0)
