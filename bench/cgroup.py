@@ -63,6 +63,31 @@ class MemoryCgroup:
             self.close()
             raise CgroupUnavailable(f"cannot create a capped child of {parent}: {e.strerror or e}") from None
 
+    def set_limit(self, limit_bytes: int) -> None:
+        """Move the cap while the server runs (issue 14: a shrinking budget). Lowering it
+        below what the cgroup holds makes the kernel reclaim first (v1 refuses with EBUSY
+        if it cannot)."""
+        limit = int(limit_bytes)
+        if self.version == 1:
+            memsw = self.path / "memory.memsw.limit_in_bytes"
+            # memsw must stay >= the memory limit: raise it first, lower it last
+            order = ([memsw, self.path / "memory.limit_in_bytes"] if limit > self.limit
+                     else [self.path / "memory.limit_in_bytes", memsw])
+            for f in order:
+                try:
+                    f.write_text(str(limit))
+                except OSError:
+                    if f == memsw:  # no swap accounting
+                        continue
+                    raise
+        else:
+            (self.path / "memory.max").write_text(str(limit))
+        self.limit = limit
+
+    def usage(self) -> int | None:
+        v = self._read("memory.usage_in_bytes" if self.version == 1 else "memory.current").strip()
+        return int(v) if v.isdigit() else None
+
     @property
     def procs_file(self) -> str:
         return str(self.path / "cgroup.procs")

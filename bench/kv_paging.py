@@ -1,4 +1,4 @@
-"""KV paging benchmark (issue 8): page faults vs the prefetcher under memory caps.
+"""KV paging benchmark (issues 8 and 14): page faults vs read-ahead vs the budget under memory caps.
 
 One model and fill, in one go:
 1. without a cap, patched `ram` beside patched `ssd` with the prefetcher off
@@ -10,6 +10,17 @@ One model and fill, in one go:
    variant alone: decode tok/s, bytes read from storage per token
    (/proc/PID/io read_bytes), the storage read rate, and the disk's own
    sequential O_DIRECT read rate measured in the same run.
+
+Variants (issue 14): "faults" (no read-ahead), "prefetch" (patch 0004's read-ahead,
+residency left to the kernel's LRU: `--kv-budget off`) and "budget" (patch 0006, the
+default: a resident set that fits the budget, the rest streamed with drop-behind).
+Against the physical limit: W = KV used + weights, B = cap - private memory (the
+cap's room for KV + weights); "x limit" = decode / min(disk rate / (W - B), the same
+variant's decode without a cap); "/ (W-B)" = bytes read per token over W - B.
+
+Absolute caps (`--caps-mib 2500`) instead of fractions are for a model whose weights
+alone exceed the room (the full-size 7B: `--model qwen7b-full` once core.synthmodels
+has `synthesize_qwen7b_full`, or a .gguf path).
 
 The model file's pages are dropped from the page cache before every capped
 server, so its weights are read by (and charged to) the capped server.
@@ -33,19 +44,43 @@ from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
 
 # name -> (extra llama-server flags, environment). "prefetch" is what `diskllm run` does
 # (--kv-prefetch 8 --kv-evict auto --kv-advice sequential); the others isolate one choice.
+OFF = ["--kv-budget", "off"]
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "faults": (["--kv-prefetch", "0"], {}),
-    "prefetch": ([], {}),
-    "prefetch-cold": (["--kv-evict", "cold"], {}),
-    "prefetch-none": (["--kv-evict", "none"], {}),
-    "prefetch-normal": (["--kv-advice", "normal"], {}),
-    "prefetch-16": (["--kv-prefetch", "16"], {}),
-    "prefetch-32": (["--kv-prefetch", "32"], {}),
-    "prefetch-4": (["--kv-prefetch", "4"], {}),
+    "prefetch": (OFF, {}),
+    "prefetch-cold": (OFF + ["--kv-evict", "cold"], {}),
+    "prefetch-none": (OFF + ["--kv-evict", "none"], {}),
+    "prefetch-normal": (OFF + ["--kv-advice", "normal"], {}),
+    "prefetch-16": (OFF + ["--kv-prefetch", "16"], {}),
+    "prefetch-32": (OFF + ["--kv-prefetch", "32"], {}),
+    "prefetch-4": (OFF + ["--kv-prefetch", "4"], {}),
     # the read-ahead machinery switched on although nothing is paged: what it costs
-    "prefetch-forced": ([], {"DISKLLM_KV_PREFETCH_FORCE": "1"}),
+    "prefetch-forced": (OFF, {"DISKLLM_KV_PREFETCH_FORCE": "1"}),
+    # patch 0006, the default: budget, resident set, drop-behind
+    "budget": ([], {}),
+    "budget-4": (["--kv-prefetch", "4"], {}),
+    "budget-16": (["--kv-prefetch", "16"], {}),
+    "budget-32": (["--kv-prefetch", "32"], {}),
+    "budget-normal": (["--kv-advice", "normal"], {}),
+    "budget-random": (["--kv-advice", "random"], {}),
+    "budget-forced": ([], {"DISKLLM_KV_PREFETCH_FORCE": "1"}),
+    # the streamed part read with blocking pread()s through the page cache instead of
+    # MADV_WILLNEED (measured slower)
+    "budget-pread": ([], {"DISKLLM_KV_READ": "pread"}),
 }
-DEFAULT_VARIANTS = ("faults", "prefetch")
+DEFAULT_VARIANTS = ("faults", "prefetch", "budget")
+FREE_VARIANTS = ("faults", "prefetch", "budget")  # beside ram without a cap
+
+
+def _resolve(model: str | Path) -> str | Path:
+    """The bench models, plus the hook for the full-size 7B (issue 14)."""
+    if str(model) in ("qwen7b-full", "qwen7b"):
+        from diskllm.core import synthmodels
+        fn = getattr(synthmodels, "synthesize_qwen7b_full", None)
+        if fn is None:
+            raise SystemExit("error: core.synthmodels has no synthesize_qwen7b_full yet (pass a .gguf path)")
+        return fn()
+    return model
 
 
 def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick: bool = False, *,
@@ -53,13 +88,14 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
         variants: tuple[str, ...] | list[str] = DEFAULT_VARIANTS, threads: int | None = None,
         runs: int | None = None, n_predict: int | None = None, server: Path | None = None,
         kv_window: int = KV_WINDOW, extra: list[str] | None = None, work_dir: Path | None = None,
+        caps: tuple[int, ...] | list[int] = (), free_variants: tuple[str, ...] | list[str] = FREE_VARIANTS,
         say: Say = print) -> list[dict]:
     """Rows: one 'machine', 'free' rows (no cap), 'paging' rows (under caps), one 'disk'."""
     if quick:
         ctx, fill = min(ctx, 2048), min(fill, 1000)
     runs = runs or (2 if quick else 3)
     n_predict = n_predict or (8 if quick else 32)
-    s = setup(model, ctx, threads, work_dir, "diskllm-paging-")
+    s = setup(_resolve(model), ctx, threads, work_dir, "diskllm-paging-")
     model_path, info, ctx_override, threads, work = s.model, s.info, s.ctx_override, s.threads, s.work
     binary = binaries(False, say, server, None)["patched"]
     kv_used = info.kv_bytes_per_token(kv_type_bytes(extra)) * fill  # q8_0 etc. halve it
@@ -76,29 +112,43 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
                      label=variant if backend == "ssd" else backend, **common, **kw)
 
     try:
-        say(f"no cap: ram, ssd faults, ssd prefetch (idle and forced on) side by side ({model_path.name} -c {ctx}, fill {fill})")
-        free = measure_interleaved([bench("ram", "ram"), bench("ssd", "faults"), bench("ssd", "prefetch"),
-                                    bench("ssd", "prefetch-forced")], runs + (0 if quick else 2))
+        say(f"no cap: ram, ssd {', '.join(free_variants)} side by side ({model_path.name} -c {ctx}, fill {fill})")
+        free = measure_interleaved([bench("ram", "ram")] + [bench("ssd", v) for v in free_variants],
+                                   runs + (0 if quick else 2))
         rows += [{"kind": "free", **r} for r in free]
-        private = next((r.get("rss_anon") for r in free if r.get("variant") == "prefetch" and r.get("answered")), None)
+        private = next((r.get("rss_anon") for r in free if r.get("backend") == "ssd" and r.get("answered")), None)
         if private is None:
             raise RuntimeError("the ssd server did not answer without a cap: " + "; ".join(
                 str(r.get("error")) for r in free))
         base = kv_used + info.file_size
-        for f in fractions:
-            cap = int(private + f * base)
+        plan = [(int(private + f * base), f) for f in fractions] + [(int(c), None) for c in caps]
+        for cap, f in plan:
+            if f is None:
+                f = round((cap - private) / base, 3)
             for v in variants:
                 say(f"{v} under {cap / 2**20:.0f} MiB = RssAnon {private / 2**20:.0f} + {f:g} x "
                     f"(KV {kv_used / 2**20:.0f} + weights {info.file_size / 2**20:.0f}) MiB")
                 drop_file_cache(model_path)
                 r = measure_interleaved([bench("ssd", v, cap=cap, cap_fraction=f)], runs)[0]
-                rows.append({"kind": "paging", **r, "private_base": private, "paged_base": base})
+                rows.append({"kind": "paging", **r, "private_base": private, "paged_base": base,
+                             "room": cap - private})
         say("disk read rates (O_DIRECT, fresh file)")
         rows.append({"kind": "disk", **disk_read_rates(work, 256 if quick else 1024)})
     finally:
         if not work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return rows
+
+
+def limit_tps(r: dict, seq: float | None, free: list[dict]) -> float | None:
+    """min(disk rate / (W - B), the same variant's uncapped decode) for a paging row."""
+    stream = r.get("paged_base", 0) - r.get("room", r.get("cap_fraction", 0) * r.get("paged_base", 0))
+    uncapped = next((x.get("decode_tps") for x in free if x.get("variant") == r["variant"] and x.get("answered")), None)
+    if uncapped is None:  # variants without an uncapped row: the default's
+        uncapped = next((x.get("decode_tps") for x in free if x.get("variant") == "budget" and x.get("answered")), None)
+    disk = seq / stream if seq and stream > 0 else None
+    vals = [v for v in (disk, uncapped) if v]
+    return min(vals) if vals else None
 
 
 def _f(v: Any, spec: str = ".1f") -> str:
@@ -124,9 +174,11 @@ def table(rows: list[dict]) -> str:
                        f"| {_f(r['kv_resident'] / 1e6 if r.get('kv_resident') is not None else None, '.0f')} |")
     paging = [r for r in rows if r["kind"] == "paging"]
     if paging:
-        out += ["", "| cap | ssd variant | decode tok/s | vs faults | read / token MB | / working set "
+        out += ["", "W = KV used + weights; B = cap - private memory (room for KV + weights); limit = "
+                "min(disk sequential / (W - B), the variant's uncapped decode)", "",
+                "| cap | ssd variant | decode tok/s | vs faults | x limit | read / token MB | / working set | / (W-B) "
                 "| storage read rate MB/s | x disk sequential | cgroup peak MB | note |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in paging:
             ok = r.get("answered")
             rate = r.get("kv_read_Bps") if ok else None
@@ -135,10 +187,14 @@ def table(rows: list[dict]) -> str:
                            if x["variant"] == "faults" and x["cap_fraction"] == r["cap_fraction"]), None)
             tps = r.get("decode_tps")
             note = "; ".join(x for x in (r.get("runs_cut"), r.get("error")) if x) or ""
+            lim = limit_tps(r, seq, free)
+            stream = r.get("paged_base", 0) - r.get("room", 0)
             out.append(f"| {r['cap_fraction']:g} = {r['cap_bytes'] / 1e6:.0f} MB | {r['variant']} | {_f(tps, '.2f')} "
                        f"| {_f(tps / faults if tps and faults else None, '.2f')} "
+                       f"| {_f(tps / lim if tps and lim else None, '.2f')} "
                        f"| {_f(per_tok / 1e6 if per_tok else None, '.0f')} "
                        f"| {_f(per_tok / r['paged_base'] if per_tok and r.get('paged_base') else None, '.2f')} "
+                       f"| {_f(per_tok / stream if per_tok and stream > 0 else None, '.2f')} "
                        f"| {_f(rate / 1e6 if rate else None, '.0f')} | {_f(rate / seq if rate and seq else None, '.2f')} "
                        f"| {_f((r.get('cgroup_peak') or 0) / 1e6, '.0f')} | {note.replace('|', '/')[:100]} |")
     if disk:
@@ -153,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=8192)
     ap.add_argument("--fill", type=int, default=7000)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25])
+    ap.add_argument("--fractions", type=float, nargs="*", default=[0.5, 0.25])
+    ap.add_argument("--caps-mib", type=int, nargs="*", default=[],
+                    help="absolute caps (MiB) beside the fractions, e.g. 2500 for the full-size 7B")
+    ap.add_argument("--free-variants", nargs="*", choices=sorted(VARIANTS), default=list(FREE_VARIANTS))
     ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(DEFAULT_VARIANTS))
     ap.add_argument("--runs", type=int)
     ap.add_argument("--n-predict", type=int)
@@ -166,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     rows = run(a.model, a.ctx, a.fill, a.quick, fractions=a.fractions, variants=a.variants, runs=a.runs,
                n_predict=a.n_predict, threads=a.threads, server=a.server, kv_window=a.kv_window,
-               extra=a.extra, work_dir=a.work_dir, say=lambda s: print(s, file=sys.stderr, flush=True))
+               extra=a.extra, work_dir=a.work_dir, caps=[c << 20 for c in a.caps_mib],
+               free_variants=a.free_variants, say=lambda s: print(s, file=sys.stderr, flush=True))
     return emit(rows, a.json, table(rows))
 
 

@@ -412,11 +412,12 @@ def kv_mapping_resident(pid: int, kv_dir: Path) -> int:
 
 
 def kv_files(kv_dir: Path, pid: int) -> list[Path]:
-    """KV files of this server; the patch names them diskllm-kv-<pid>-<ctx>-<tag>.bin."""
+    """KV files of this server; the patch names them diskllm-kv-<pid>-<ctx>-<tag>.bin
+    (diskllm-kv-<pid>-paging.json beside them is the paging stats file, not KV)."""
     d = Path(kv_dir)
     if not d.is_dir():
         return []
-    return sorted(p for p in d.iterdir() if p.is_file() and f"-{pid}-" in p.name)
+    return sorted(p for p in d.iterdir() if p.is_file() and f"-{pid}-" in p.name and p.suffix == ".bin")
 
 
 def kv_disk_bytes(kv_dir: Path, pid: int) -> int:

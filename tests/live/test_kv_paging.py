@@ -1,11 +1,19 @@
-"""KV paging under memory pressure (issue 8): a real patched server on SmolLM2 inside a child
-memory cgroup too small for its KV + weights, so every token reads pages from storage and
-the prefetcher runs. Outputs must equal the RAM backend's; the prefetch thread and the KV
-file must go away with the server. Skipped where this process may not create a child
-memory cgroup of its own cgroup (the cap is real, not simulated)."""
+"""KV paging under memory pressure (issues 8 and 14): real patched servers inside a child
+memory cgroup too small for their KV + weights, so every token streams pages from storage.
+
+- outputs equal the RAM backend's under the cap, for a dense (SmolLM2), an iSWA (Gemma-3)
+  and a hybrid (synthesized lfm2) model;
+- lowering the cap while a reply is decoding makes the server release memory, not die;
+- `--kv-budget MIB` is honoured: the server reports the budget it uses (stats file, log)
+  and the pages of the KV file and the model it keeps resident stay within it;
+- the prefetch thread, the KV files and the paging stats file go away with the server.
+
+The cap is real, not simulated: skipped where this process may not create a child memory
+cgroup of its own cgroup (the budget-flag test needs no cgroup)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -20,12 +28,21 @@ from diskllm.bench.cgroup import CgroupUnavailable, MemoryCgroup
 from diskllm.bench.machine import drop_file_cache
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
-from diskllm.core.server import ServerOptions, build_argv, kv_files, stop_server
+from diskllm.core.server import (ServerOptions, build_argv, kv_files, kv_mapping_resident, memory_of,
+                                 stop_server)
+from diskllm.core.synthmodels import synthesize_hybrid
 from test_kv_backend import LONG_PROMPT, _complete, _start
 
 # ~2,600 tokens: with SmolLM2 that is ~60 MB of KV beside 98 MB of weights
 PROMPT = "\n".join(LONG_PROMPT.replace("lantern", word) for word in ("lantern", "kettle", "bell"))
-PRIVATE = 64 * 2**20  # RssAnon of the ssd server at -c 4096 is ~45 MB; the rest of the cap is page cache
+FILL = 3000  # tokens the working set is sized for (prompt + replies)
+START_CAP = 2 << 30  # generous cap to start under; lowered once private memory is known
+SLACK = 8 << 20  # on top of private memory: it still grows a little (compute buffers, slots)
+
+
+@pytest.fixture(scope="session")
+def hybrid_path() -> Path:
+    return synthesize_hybrid()
 
 
 def _threads(pid: int) -> list[str]:
@@ -43,6 +60,34 @@ def _read_bytes(pid: int) -> int:
         if line.startswith("read_bytes:"):
             return int(line.split()[1])
     return 0
+
+
+def _stats_file(kv_dir: Path, pid: int) -> Path:
+    """The paging stats file of patch 0006, next to the KV files."""
+    return kv_dir / f"diskllm-kv-{pid}-paging.json"
+
+
+def _stats(kv_dir: Path, pid: int) -> dict:
+    for _ in range(20):  # rewritten in place; retry a torn read
+        try:
+            return json.loads(_stats_file(kv_dir, pid).read_text())
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise AssertionError(f"no readable {_stats_file(kv_dir, pid)}")
+
+
+def _file_resident(pid: int, path: Path) -> int:
+    """Resident bytes of the mappings of `path` (/proc/PID/smaps)."""
+    target, total, inside = str(path.resolve()), 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                parts = line.split(None, 5)
+                inside = len(parts) > 5 and parts[5].strip() == target
+            elif inside and first == "Rss:":
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 async def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -72,56 +117,167 @@ async def _transcript(server) -> list:
     return [(r["content"], r["completion_probabilities"]) for r in (first, second)]
 
 
-async def test_outputs_equal_ram_while_paging_and_prefetcher_ends_with_server(
-        home: Home, server_binary: Path, smollm2_path: Path):
-    ram = await _start(home, server_binary, smollm2_path, "ram")
-    try:
-        expected = await _transcript(ram)
-    finally:
-        await stop_server(ram)
+_EXPECTED: dict[Path, list] = {}
 
-    info = read_gguf_info(smollm2_path)
-    working_set = info.kv_bytes_per_token() * 3000 + info.file_size
+
+async def _ram_transcript(home: Home, binary: Path, model: Path) -> list:
+    if model not in _EXPECTED:
+        ram = await _start(home, binary, model, "ram")
+        try:
+            _EXPECTED[model] = await _transcript(ram)
+        finally:
+            await stop_server(ram)
+    return _EXPECTED[model]
+
+
+def _working_set(model: Path) -> int:
+    info = read_gguf_info(model)
+    return info.kv_bytes_per_token() * FILL + info.file_size
+
+
+class _Server:
+    """A patched ssd server started in its own process (inside a cgroup, or not)."""
+
+    def __init__(self, home: Home, binary: Path, model: Path, cg: MemoryCgroup | None,
+                 extra: list[str] | None = None, name: str = "paging") -> None:
+        self.port = free_port()
+        opts = ServerOptions(model_path=model, ctx=4096, port=self.port, kv_backend="ssd", kv_window=256,
+                             threads=2, extra_args=extra or [])
+        home.ensure()
+        self.log = home.logs / f"{name}.log"
+        self.kv_dir = home.kv_cache
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(build_argv(home, opts, binary, self.port), stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=cg.preexec if cg else None)
+        self.url = _Capped(self.port)
+        self.kv: list[Path] = []
+        self.stats_path = _stats_file(self.kv_dir, self.proc.pid)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop_and_check(self) -> None:
+        """SIGTERM; a clean exit (the helper thread joined), no KV or stats file left."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        assert rc == 0, (rc, self.text()[-2000:])
+        assert not any(p.exists() for p in self.kv)
+        assert not self.stats_path.exists()
+        assert not os.path.exists(f"/proc/{self.proc.pid}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _cgroup_or_skip(limit: int) -> MemoryCgroup:
     try:
-        cg = MemoryCgroup(PRIVATE + working_set // 3)
+        return MemoryCgroup(limit)
     except CgroupUnavailable as e:
         pytest.skip(f"no memory cap here ({e}); paging is not exercised")
-    drop_file_cache(smollm2_path)  # weights read under the cap are charged to it
-    port = free_port()
-    opts = ServerOptions(model_path=smollm2_path, ctx=4096, port=port, kv_backend="ssd", kv_window=256, threads=2)
-    log = home.logs / "capped.log"
-    home.ensure()
+
+
+@pytest.mark.parametrize("kind", ["dense", "iswa", "hybrid"])
+async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
+        kind: str, home: Home, server_binary: Path, smollm2_path: Path, gemma3_path: Path, hybrid_path: Path):
+    model = {"dense": smollm2_path, "iswa": gemma3_path, "hybrid": hybrid_path}[kind]
+    expected = await _ram_transcript(home, server_binary, model)
+    working_set = _working_set(model)
+    cg = _cgroup_or_skip(START_CAP)
+    drop_file_cache(model)  # weights read under the cap are charged to it
+    srv = _Server(home, server_binary, model, cg, name=f"capped-{kind}")
     try:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(build_argv(home, opts, server_binary, port), stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=cg.preexec)
-        try:
-            server = _Capped(port)
-            await _wait_healthy(server.base_url, proc)
-            assert "kv-prefetch" in _threads(proc.pid)
-            before = _read_bytes(proc.pid)
-            got = await _transcript(server)
-            read = _read_bytes(proc.pid) - before
-            text = log.read_text(errors="replace")
-            print(f"\ncap {cg.limit / 2**20:.0f} MiB for {working_set / 2**20:.0f} MiB of KV + weights: "
-                  f"{read / 2**20:.0f} MiB read from storage, cgroup peak {(cg.peak() or 0) / 2**20:.0f} MiB")
-            # it really paged: far more was read than the model file, and the prefetcher said so
-            assert read > 2 * info.file_size, read
-            assert "pages are coming from storage" in text
-            assert got == expected
-            kv = kv_files(home.kv_cache, proc.pid)
-            assert kv
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait()
-        # a clean exit: the prefetch thread was joined (a hung thread would keep it alive),
-        # and the KV file is gone
-        assert rc == 0, rc
-        assert not any(p.exists() for p in kv)
-        assert not os.path.exists(f"/proc/{proc.pid}")
+        await _wait_healthy(srv.url.base_url, srv.proc)
+        await _complete(srv.url, PROMPT, n=1)  # compute buffers touched: private memory as it will be
+        private = memory_of(srv.proc.pid).rss_anon + SLACK
+        cg.set_limit(private + working_set // 3)  # room for a third of KV + weights
+        assert "kv-prefetch" in _threads(srv.proc.pid)
+        before = _read_bytes(srv.proc.pid)
+        got = await _transcript(srv.url)
+        read = _read_bytes(srv.proc.pid) - before
+        st = _stats(srv.kv_dir, srv.proc.pid)
+        print(f"\n{kind}: cap {cg.limit / 2**20:.0f} MiB (private {private / 2**20:.0f}) for {working_set / 2**20:.0f}"
+              f" MiB of KV + weights: {read / 2**20:.0f} MiB read, cgroup peak {(cg.peak() or 0) / 2**20:.0f} MiB; "
+              f"stats {st}")
+        assert got == expected
+        # it really streamed: the budget came from the cgroup and the working set exceeded it
+        assert st["streaming"] and st["budget_source"].startswith("cgroup"), st
+        assert st["budget_bytes"] < cg.limit - private
+        assert read > min(info_size(model), working_set // 2), read
+        assert "kv-budget:" in srv.text()
+        assert cg.oom_kills() in (0, None)
+        srv.kv = kv_files(home.kv_cache, srv.proc.pid)
+        assert srv.kv
+        srv.stop_and_check()
     finally:
+        srv.kill()
         cg.close()
+
+
+def info_size(model: Path) -> int:
+    return read_gguf_info(model).file_size
+
+
+async def test_lowering_the_cap_while_decoding_releases_memory_and_the_server_lives(
+        home: Home, server_binary: Path, smollm2_path: Path):
+    working_set = _working_set(smollm2_path)
+    cg = _cgroup_or_skip(START_CAP)
+    drop_file_cache(smollm2_path)
+    srv = _Server(home, server_binary, smollm2_path, cg, name="shrinking")
+    try:
+        await _wait_healthy(srv.url.base_url, srv.proc)
+        await _complete(srv.url, PROMPT, n=4)  # fill, everything resident
+        private = memory_of(srv.proc.pid).rss_anon + SLACK
+        high = _stats(srv.kv_dir, srv.proc.pid)["budget_bytes"]
+        reply = asyncio.create_task(_complete(srv.url, PROMPT + " More:", n=48))
+        await asyncio.sleep(1.0)
+        low = private + working_set // 5
+        cg.set_limit(low)  # the kernel reclaims down to it; the server must go on
+        r = await reply
+        assert r["timings"]["predicted_n"] == 48
+        assert srv.proc.poll() is None
+        again = await _complete(srv.url, PROMPT, n=8)  # and it keeps answering
+        assert again["timings"]["predicted_n"] == 8
+        st = _stats(srv.kv_dir, srv.proc.pid)
+        print(f"\nbudget {high / 2**20:.0f} MiB -> {st['budget_bytes'] / 2**20:.0f} MiB after the cap fell to "
+              f"{low / 2**20:.0f} MiB; usage {(cg.usage() or 0) / 2**20:.0f} MiB; stats {st}")
+        assert st["budget_bytes"] < high and st["budget_bytes"] < low - private
+        assert st["streaming"]
+        assert (cg.usage() or 0) <= low
+        assert cg.oom_kills() in (0, None)
+        srv.kv = kv_files(home.kv_cache, srv.proc.pid)
+        srv.stop_and_check()
+    finally:
+        srv.kill()
+        cg.close()
+
+
+async def test_budget_flag_is_honoured(home: Home, server_binary: Path, smollm2_path: Path):
+    """--kv-budget 64 without any cgroup: the server says it uses 64 MiB, keeps about that
+    much of the KV file and the model resident, and its outputs equal ram's."""
+    expected = await _ram_transcript(home, server_binary, smollm2_path)
+    budget = 64 << 20
+    srv = _Server(home, server_binary, smollm2_path, None, extra=["--kv-budget", "64"], name="budget")
+    try:
+        await _wait_healthy(srv.url.base_url, srv.proc)
+        got = await _transcript(srv.url)
+        st = _stats(srv.kv_dir, srv.proc.pid)
+        resident = kv_mapping_resident(srv.proc.pid, srv.kv_dir) + _file_resident(srv.proc.pid, smollm2_path)
+        print(f"\n--kv-budget 64: resident KV + weights {resident / 2**20:.1f} MiB; stats {st}")
+        assert st["budget_bytes"] == budget and st["budget_source"] == "--kv-budget", st
+        assert st["streaming"] and st["working_set_bytes"] > budget
+        assert st["resident_bytes"] <= budget
+        # reads in flight and the segment being computed come on top (--kv-prefetch 8 + 2 MiB)
+        assert resident <= budget + (12 << 20), resident
+        assert "kv-budget: set by hand: 64.0 MiB" in srv.text()
+        assert got == expected
+        srv.kv = kv_files(home.kv_cache, srv.proc.pid)
+        srv.stop_and_check()
+    finally:
+        srv.kill()
