@@ -14,7 +14,7 @@ from diskllm.core.errors import DiskLLMError
 from diskllm.core.launch import LaunchEvent, Launched, LaunchRequest, LaunchStep, ServerReady, SessionOpened, launch
 from diskllm.core.models.resolve import resolve_model as core_resolve_model
 from diskllm.core.paths import Home
-from diskllm.core.server import ServerEntry, list_servers, memory_of, stop_server
+from diskllm.core.server import PagingStats, ServerEntry, list_servers, memory_of, paging_stats, stop_server
 
 from diskllm.cli import sessions as cli_sessions
 from diskllm.cli.models import pull_hook
@@ -77,6 +77,9 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-window", type=int, help="newest tokens of KV kept hot while paging (config: kv_window)")
     p.add_argument("--kv-prefetch", type=int, metavar="MIB",
                    help="MiB of KV read ahead of compute once it no longer fits in RAM; 0 = off (config: kv_prefetch)")
+    p.add_argument("--kv-budget", type=int, metavar="MIB",
+                   help="MiB of KV + weights kept resident while paging (config: kv_budget; default auto: "
+                        "the memory cgroup's limit or MemAvailable, less private memory)")
     p.add_argument("--threads", type=int, help="CPU threads (config: threads; default auto)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra llama-server argument (repeatable; use --server-arg=--flag)")
@@ -92,14 +95,14 @@ def resolve_model(home: Home, spec: str, pull_missing: bool = True) -> tuple[Pat
 
 
 def _request(args: argparse.Namespace, *, dry_run: bool = False) -> LaunchRequest:
-    for flag in ("ctx", "port", "kv_window", "threads"):
+    for flag in ("ctx", "port", "kv_window", "threads", "kv_budget"):
         v = getattr(args, flag)
         if v is not None and v <= 0:
             raise DiskLLMError(f"--{flag.replace('_', '-')} must be a positive integer")
     if args.kv_prefetch is not None and args.kv_prefetch < 0:
         raise DiskLLMError("--kv-prefetch must be >= 0 (MiB; 0 = off)")
     options = {k: getattr(args, k) for k in ("ctx", "host", "port", "kv_backend", "kv_window", "kv_prefetch",
-                                             "threads")}
+                                             "kv_budget", "threads")}
     return LaunchRequest(model=args.model, options=options, extra_args=list(args.server_arg),
                          session=getattr(args, "session", None), dry_run=dry_run)
 
@@ -207,9 +210,19 @@ def _chat(entry: ServerEntry, home: Home, args: argparse.Namespace, got: Session
         chat_loop(PlainTurns(entry, sampling_params(args)))
 
 
+def paging_text(p: PagingStats | None) -> str:
+    """One cell: why a reply is slow and what more RAM would buy."""
+    if p is None or not p.active:
+        return "-" if p is None else "fits in RAM"
+    b = lambda n: human_bytes(n, "binary")  # noqa: E731
+    return (f"budget {b(p.budget)} ({p.budget_source}), resident {b(p.resident)} of {b(p.working_set)}, "
+            f"streams {b(p.streamed_per_token)}/token at {b(int(p.read_per_second))}/s; "
+            f"+{b(p.more_ram_helps)} RAM would stop it")
+
+
 def cmd_ps(args: argparse.Namespace) -> int:  # noqa: ARG001
     home = Home.from_env()
-    rows = [("MODEL", "PID", "PORT", "CTX", "KV", "UPTIME", "PRIVATE RAM")]
+    rows = [("MODEL", "PID", "PORT", "CTX", "KV", "UPTIME", "PRIVATE RAM", "PAGING")]
     now = time.time()
     for e in list_servers(home):
         try:
@@ -217,7 +230,7 @@ def cmd_ps(args: argparse.Namespace) -> int:  # noqa: ARG001
         except DiskLLMError:
             ram = "-"
         rows.append((e.model, str(e.pid), str(e.port), str(e.ctx), e.kv_backend,
-                     duration(now - e.started_at), ram))
+                     duration(now - e.started_at), ram, paging_text(paging_stats(home.kv_cache, e.pid))))
     table(rows)
     return 0
 

@@ -29,6 +29,7 @@ class Config:
     threads: int | None = None  # None = let llama-server choose
     kv_backend: str = "ssd"
     repack: str = "file"
+    kv_budget: int | None = None  # MiB of KV + weights kept resident while paging; None = auto (cgroup / MemAvailable)
     server_binary: str | None = None
     # Sections owned by other modules ([registry], [keymap], ...), kept verbatim.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +61,10 @@ def _check(cfg: Config, where: str) -> None:
         raise bad("threads", f"must be a positive integer, got {cfg.threads!r}")
     if cfg.kv_backend not in KV_BACKENDS:
         raise bad("kv_backend", f"must be one of {', '.join(KV_BACKENDS)}, got {cfg.kv_backend!r}")
+    if cfg.kv_budget is not None and (
+        not isinstance(cfg.kv_budget, int) or isinstance(cfg.kv_budget, bool) or cfg.kv_budget <= 0
+    ):
+        raise bad("kv_budget", f"must be a positive integer (MiB; absent = auto), got {cfg.kv_budget!r}")
     if cfg.repack not in REPACK_MODES:
         raise bad("repack", f"must be one of {', '.join(REPACK_MODES)}, got {cfg.repack!r}")
     if cfg.server_binary is not None and not isinstance(cfg.server_binary, str):

@@ -45,6 +45,7 @@ class ServerOptions:
     kv_window: int = 256
     kv_prefetch: int = 8
     repack: str = "file"  # config.REPACK_MODES
+    kv_budget: int | None = None  # MiB resident while paging; None = the server's auto budget
     threads: int | None = None
     extra_args: list[str] = field(default_factory=list)
     parallel: int = 1
@@ -68,7 +69,7 @@ class ServerOptions:
             raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
         given.setdefault("port_explicit", "port" in given)
         base = dict(ctx=cfg.ctx, host=cfg.host, port=cfg.port, kv_backend=cfg.kv_backend,
-                    kv_window=cfg.kv_window, kv_prefetch=cfg.kv_prefetch, repack=cfg.repack,
+                    kv_window=cfg.kv_window, kv_prefetch=cfg.kv_prefetch, repack=cfg.repack, kv_budget=cfg.kv_budget,
                     threads=cfg.threads)
         return cls(model_path=Path(model), model_name=name, **{**base, **given})
 
@@ -163,6 +164,8 @@ def build_argv(home: Home, opts: ServerOptions, binary: Path, port: int | None =
                  "--kv-window", str(opts.kv_window)]
         if opts.kv_backend == "ssd" and server_supports_flag(binary, "--kv-prefetch"):
             argv += ["--kv-prefetch", str(opts.kv_prefetch)]
+        if opts.kv_backend == "ssd" and opts.kv_budget and server_supports_flag(binary, "--kv-budget"):
+            argv += ["--kv-budget", str(opts.kv_budget)]
     elif opts.kv_backend != "ram":
         raise DiskLLMError(
             f"{binary} has no SSD KV backend (no --kv-backend flag); "
@@ -418,6 +421,40 @@ def kv_files(kv_dir: Path, pid: int) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if p.is_file() and f"-{pid}-" in p.name and p.suffix == ".bin")
+
+
+@dataclass(frozen=True)
+class PagingStats:
+    """What the server's paging reports (patches/0006: diskllm-kv-<pid>-paging.json)."""
+    active: bool                  # the working set does not fit: streaming or reading ahead
+    budget: int                   # bytes of KV + weights it may keep resident
+    budget_source: str            # "cgroup", "memavailable", "flag", ...
+    working_set: int              # bytes one decode step reads (filled KV + weights)
+    resident: int                 # bytes kept resident
+    streamed_per_token: int       # bytes released and read again every token
+    read_per_second: float        # storage reads during compute
+
+    @property
+    def more_ram_helps(self) -> int:
+        """RAM that would stop the streaming: the working set not held."""
+        return max(0, self.working_set - self.resident)
+
+
+def paging_stats(kv_dir: Path, pid: int) -> PagingStats | None:
+    """The latest paging figures of server `pid`, or None (no file: older build or ram backend)."""
+    path = Path(kv_dir) / f"diskllm-kv-{pid}-paging.json"
+    for _ in range(3):  # rewritten in place: a torn read is retried
+        try:
+            d = json.loads(path.read_bytes().rstrip(b"\0 \n"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            time.sleep(0.01)
+            continue
+        return PagingStats(bool(d.get("active")), int(d.get("budget_bytes") or 0), str(d.get("budget_source", "")),
+                           int(d.get("working_set_bytes") or 0), int(d.get("resident_bytes") or 0),
+                           int(d.get("streamed_bytes_per_token") or 0), float(d.get("read_bytes_per_second") or 0))
+    return None
 
 
 def kv_disk_bytes(kv_dir: Path, pid: int) -> int:

@@ -20,7 +20,7 @@ from textual.message import Message
 
 from diskllm.core.models.gguf import GGUFInfo
 from diskllm.core.pull.events import PullEvent
-from diskllm.core.server import ServerEntry
+from diskllm.core.server import PagingStats, ServerEntry
 
 
 class Event(Message, bubble=False):
@@ -132,6 +132,7 @@ class MemorySample(Event):
     kv_disk: int
     sys_available: int
     vm_hwm: int = 0
+    paging: PagingStats | None = None  # the server's paging figures (patches/0006), None if it has none
 
     @property
     def weights_resident(self) -> int:

@@ -30,7 +30,7 @@ from diskllm.core.pull.events import CancelToken, PullCancelled, PullEvent
 from diskllm.core.sessions import ModelInfo, Session, SessionRunner, SessionStore
 from diskllm.core.models.registry import load_registry
 from diskllm.core.server import (
-    RunningServer, ServerEntry, kv_disk_bytes, kv_mapping_resident,
+    RunningServer, ServerEntry, kv_disk_bytes, kv_mapping_resident, paging_stats,
     list_servers, log_tail, memory_of, stop_server,
 )
 
@@ -133,7 +133,8 @@ def read_memory(entry: ServerEntry, kv_dir: Path) -> m.MemorySample:
     return m.MemorySample(
         pid=entry.pid, time=time.time(), rss_anon=mem.rss_anon, rss_file=mem.rss_file,
         kv_resident=kv_mapping_resident(entry.pid, kv_dir), kv_disk=kv_disk_bytes(kv_dir, entry.pid),
-        sys_available=psutil.virtual_memory().available, vm_hwm=mem.vm_hwm)
+        sys_available=psutil.virtual_memory().available, vm_hwm=mem.vm_hwm,
+        paging=paging_stats(kv_dir, entry.pid))
 
 
 async def watch_server(home: Home, entry: ServerEntry, process: subprocess.Popen | None,

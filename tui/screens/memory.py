@@ -74,6 +74,14 @@ class MemoryScreen(PaneScreen):
             if info is not None and entry.kv_backend == "ssd":
                 saved = estimate_memory(info, entry.ctx).ram_private
                 lines.append(f"KV kept off RAM: up to {human_bytes(saved)}")
+            p = last.paging
+            if p is not None and p.active:  # why a reply is slow, and what more RAM would buy
+                lines.append("")
+                lines.append(f"[b]Paging[/b] budget {human_bytes(p.budget)} ({p.budget_source})")
+                lines.append(f"resident {human_bytes(p.resident)} of {human_bytes(p.working_set)}")
+                lines.append(f"streams {human_bytes(p.streamed_per_token)}/token")
+                lines.append(f"reads {human_bytes(int(p.read_per_second))}/s")
+                lines.append(f"+{human_bytes(p.more_ram_helps)} RAM: no streaming")
         else:
             lines.append("waiting for the first reading…")
         box.update("\n".join(lines))

@@ -1,0 +1,53 @@
+"""--kv-budget reaches the server, and its paging figures reach `ps` and the Memory pane
+(patches/0006 writes diskllm-kv-<pid>-paging.json beside the KV files)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from diskllm.cli.server import paging_text
+from diskllm.core.config import Config
+from diskllm.core.paths import Home
+from diskllm.core.server import ServerOptions, build_argv, kv_files, paging_stats
+
+STATS = {"pid": 4242, "active": True, "streaming": True, "budget_bytes": 600 << 20, "budget_source": "cgroup",
+         "limit_bytes": 700 << 20, "other_bytes": 50 << 20, "working_set_bytes": 1000 << 20,
+         "resident_bytes": 580 << 20, "streamed_bytes_per_token": 420 << 20, "read_bytes_per_token": 430 << 20,
+         "read_bytes_per_second": 900 << 20, "decode_tokens": 64, "updated_unix": 1}
+
+
+def _fake_binary(tmp_path: Path) -> Path:
+    """A 'llama-server' whose --help lists the patched flags (build_argv asks it)."""
+    b = tmp_path / "llama-server"
+    b.write_text("#!/bin/sh\necho '--kv-backend --kv-path --kv-window --kv-prefetch --kv-budget --repack-cache'\n")
+    b.chmod(0o755)
+    return b
+
+
+def test_budget_from_config_and_flag_reaches_argv(tmp_path: Path):
+    home, binary, model = Home(tmp_path / "h"), _fake_binary(tmp_path), tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    cfg = Config(kv_budget=2048)
+    argv = build_argv(home, ServerOptions.from_config(cfg, model), binary)
+    assert argv[argv.index("--kv-budget") + 1] == "2048"
+    argv = build_argv(home, ServerOptions.from_config(cfg, model, kv_budget=512), binary)
+    assert argv[argv.index("--kv-budget") + 1] == "512"
+    assert "--kv-budget" not in build_argv(home, ServerOptions.from_config(Config(), model), binary)  # auto
+    assert "--kv-budget" not in build_argv(home, ServerOptions.from_config(cfg, model, kv_backend="ram"), binary)
+
+
+def test_stats_file_is_read_padded_and_is_not_a_kv_file(tmp_path: Path):
+    (tmp_path / "diskllm-kv-4242-paging.json").write_bytes(json.dumps(STATS).encode().ljust(1024, b" "))
+    (tmp_path / "diskllm-kv-4242-32768-kv.bin").write_bytes(b"\0")
+    p = paging_stats(tmp_path, 4242)
+    assert p is not None and p.active and p.budget == 600 << 20 and p.more_ram_helps == 420 << 20
+    assert [f.name for f in kv_files(tmp_path, 4242)] == ["diskllm-kv-4242-32768-kv.bin"]
+    assert paging_stats(tmp_path, 1) is None
+
+
+def test_ps_says_why_a_reply_is_slow(tmp_path: Path):
+    (tmp_path / "diskllm-kv-4242-paging.json").write_text(json.dumps(STATS))
+    text = paging_text(paging_stats(tmp_path, 4242))
+    assert "budget 600.0 MiB (cgroup)" in text and "streams 420.0 MiB/token" in text and "+420.0 MiB RAM" in text
+    assert paging_text(None) == "-"
+    assert paging_text(paging_stats(tmp_path, 1)) == "-"
