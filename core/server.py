@@ -208,7 +208,8 @@ async def start_server(
     log_path = home.logs / f"server-{_safe_name(opts.name)}-{port}-{stamp}.log"
     if progress:
         progress(f"starting llama-server on {opts.host}:{port} (log: {log_path})")
-    with open(log_path, "ab") as log:
+    # the log can hold prompts (verbose servers): owner-only, like sessions
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
