@@ -26,3 +26,7 @@ class SessionMismatch(SessionError):
 
 class SessionBusy(SessionError):
     """Another process has the session open: a second writer would lose turns."""
+
+
+class SessionContextFull(SessionError):
+    """The transcript no longer fits the server's context: resume needs a larger --ctx."""

@@ -136,3 +136,4 @@ class TurnDone(ChatDone):
     reuse: ReuseReport | None = None   # set on the first turn after a restore
     save: SaveReport | None = None     # the autosave after the reply
     save_error: str | None = None
+    context_full: int | None = None    # tokens, when the reply stopped because the context is full

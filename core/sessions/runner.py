@@ -12,9 +12,10 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
+from diskllm.core.chat import ChatDelta, ChatDone, ContextFull, server_error, stream_chat
+from diskllm.core.errors import DiskLLMError
 from diskllm.core.hashing import sha256_file
-from diskllm.core.sessions.errors import SessionError, SessionMismatch
+from diskllm.core.sessions.errors import SessionContextFull, SessionError, SessionMismatch
 from diskllm.core.sessions.identity import ModelInfo, check_compatible
 from diskllm.core.sessions.locks import SessionLock, SlotLock
 from diskllm.core.sessions.records import ReuseReport, RestoreReport, SaveReport, Session, SwitchReport, TurnDone
@@ -189,9 +190,12 @@ class SessionRunner:
                 r = await c.post(f"{self.base_url}/completion", json={
                     "prompt": prompt, "n_predict": 0, "id_slot": self.slot_id, "cache_prompt": True,
                 })
-                r.raise_for_status()
+                if r.status_code != 200:
+                    raise server_error(r.status_code, r.text[:4000])
                 doc = r.json()
-        except (httpx.HTTPError, KeyError, ValueError) as e:
+        except ContextFull as e:
+            raise SessionContextFull(f"session '{session.name}': {e}") from None
+        except (httpx.HTTPError, KeyError, ValueError, DiskLLMError) as e:
             raise SessionError(f"reuse check failed: {e}") from None
         t = doc.get("timings") or {}
         cache_n = int(t.get("cache_n", 0))
@@ -230,7 +234,7 @@ class SessionRunner:
         check_compatible(session.meta, self.model_info)
         try:
             rep = await self.restore(name, verify=verify)
-        except SessionMismatch:
+        except (SessionMismatch, SessionContextFull):
             raise
         except SessionError as e:  # corrupt kv.bin, or the server refused the state
             await self.erase()
@@ -279,6 +283,9 @@ class SessionRunner:
             out.cache_n = t.get("cache_n")
             if out.usage:
                 out.prompt_tokens = out.usage.get("prompt_tokens")
+                total = int(out.usage.get("total_tokens") or 0)
+                if out.finish_reason == "length" and total + 1 >= self.model_info.ctx:
+                    out.context_full = total
             restored = self._pending.pop(session.name, None)
             if restored is not None and out.cache_n is not None:
                 total = out.prompt_tokens or (out.cache_n + int(t.get("prompt_n", 0)))

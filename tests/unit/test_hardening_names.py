@@ -66,3 +66,14 @@ def test_url_file_name_escapes_never_reach_the_terminal(mhome, capsys, hub, smol
     assert rc == 0, err
     rc, out, err = run(capsys, "list")
     assert "\x1b" not in out + err and "\x07" not in out + err
+
+
+def test_printable_strips_terminal_controls():
+    from diskllm.core.text import printable
+    assert printable("a\x1b]0;pwn\x07b\x9bc") == "a?]0;pwn?b?c"
+    assert printable("l1\nl2\tx\r", multiline=True) == "l1\nl2\tx?"
+
+
+def test_show_and_errors_strip_controls(mhome, capsys, tmp_path):
+    rc, _, err = run(capsys, "show", "ev\x1b]0;il\x07")
+    assert rc == 1 and "\x1b" not in err and "\x07" not in err
