@@ -177,6 +177,21 @@ _LEVEL_E = re.compile(r"^[\d.]+ E ")  # llama.cpp's own error level
 _ERRORISH = re.compile(r"\b(error|failed|failure|invalid|unknown|cannot|unable|exception|what\(\)|abort)", re.I)
 
 
+def _raise_disk_full(entry: ServerEntry, log_path: Path) -> None:
+    """A failed KV reservation gets the disk-space line, not "failed to fit params"."""
+    if entry.kv_backend != "ssd":
+        return
+    from diskllm.core.kv_space import explain_start_failure  # late: it reads GGUF headers
+    try:
+        text = log_path.read_bytes()[-64 * 1024:].decode("utf-8", errors="replace")
+    except OSError:
+        return
+    kv_dir = Path(entry.home) / "kv_cache" if entry.home else log_path.parent.parent / "kv_cache"
+    line = explain_start_failure(text, kv_dir, Path(entry.model_path), entry.ctx, list(entry.argv))
+    if line:
+        raise DiskLLMError(f"{line} (log: {log_path})")
+
+
 def log_tail(path: Path, n: int = 5) -> list[str]:
     """Last n meaningful lines of a server log."""
     try:
@@ -247,6 +262,7 @@ async def _wait_healthy(server: RunningServer, log_path: Path, timeout: float, p
         while True:
             rc = proc.poll()
             if rc is not None:
+                _raise_disk_full(server.entry, log_path)
                 tail = " | ".join(log_tail(log_path)) or "no output"
                 raise DiskLLMError(f"llama-server exited at start (code {rc}): {tail} (log: {log_path})")
             with contextlib.suppress(httpx.TransportError):
