@@ -44,7 +44,7 @@ def cmd_list(args: argparse.Namespace) -> int:  # noqa: ARG001
     rows = [("NAME", "MODEL", "TOKENS", "SIZE", "UPDATED")]
     for s in _store().list():
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated))
-        model = s.model if not s.error else f"damaged: {s.error.split(': ', 1)[-1]} ('sessions rm {s.name}' removes it)"
+        model = s.model if not s.error else f"damaged: {s.damage} ('sessions rm {s.name}' removes it)"
         rows.append((s.name, model, str(s.tokens), human_bytes(s.size_bytes, "binary"), when))
     table(rows)
     return 0

@@ -250,7 +250,7 @@ def session_rows(home: Home) -> list[m.SessionRow]:
     rows = []
     for s in SessionStore(home).list():
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-"
-        rows.append(m.SessionRow(s.name, printable(s.model) if not s.error else f"? ({s.error[:40]})",
+        rows.append(m.SessionRow(s.name, printable(s.model) if not s.error else f"damaged: {s.damage}",
                                  s.tokens, s.size_bytes, when))
     return rows
 

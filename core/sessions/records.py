@@ -79,6 +79,11 @@ class SessionInfo:
     messages: int = 0
     error: str | None = None  # set when meta.json is unreadable
 
+    @property
+    def damage(self) -> str | None:
+        """What is wrong, without the "session 'x': " prefix (the row names it already)."""
+        return self.error.split(": ", 1)[-1] if self.error else None
+
 
 @dataclass
 class SaveReport:

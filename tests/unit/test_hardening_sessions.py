@@ -108,3 +108,12 @@ def test_second_writer_of_a_session_is_refused_naming_the_holder(home: Home):
         holder.kill()
         holder.wait()
     SessionLock(home.sessions, "q1").acquire()  # released when the holder died
+
+
+def test_sessions_pane_rows_show_the_damaged_one(home: Home):
+    from diskllm.tui.services import session_rows
+    _write_meta(home, "good")
+    _write_meta(home, "bad", updated="yesterday")
+    rows = {r.name: r for r in session_rows(home)}
+    assert rows["good"].model == "m:latest"
+    assert "damaged" in rows["bad"].model and "updated" in rows["bad"].model
