@@ -152,6 +152,9 @@ class SessionRunner:
             except OSError:
                 await asyncio.to_thread(shutil.copyfile, kv, link)
             try:
+                # A restore does not drop the cells the slot held before: a longer previous
+                # conversation stays visible to attention and leaks into the next reply.
+                await self._slot_action("erase")
                 doc = await self._slot_action("restore", {"filename": link_name})
             except SessionError as e:
                 # llama-server clears the slot when a restore fails: nothing stale is left
