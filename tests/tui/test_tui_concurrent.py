@@ -34,7 +34,6 @@ def feed(proc: subprocess.Popen, turns: list[str], gap: float) -> None:
         proc.stdin.write(line + "\n")
         proc.stdin.flush()
         time.sleep(gap)
-    proc.stdin.close()
 
 
 async def test_tui_and_cli_at_once(bench_home: Home):
@@ -58,7 +57,7 @@ async def test_tui_and_cli_at_once(bench_home: Home):
         for line in FRUIT:
             await send(app, pilot, line)
         feeder.join()
-        _, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)  # closes stdin: the CLI saves and exits
         assert proc.returncode == 0, err
 
     store = SessionStore(bench_home)
