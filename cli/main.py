@@ -12,6 +12,7 @@ from typing import Sequence
 
 from diskllm.core.env import env_flag
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.text import printable
 
 # Each module has register(subparsers) and sets `func` (args -> int | None) on its parsers.
 COMMAND_MODULES = [
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiskLLMError as e:
         if debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -13,6 +13,7 @@ from diskllm.core.models.index import InstalledModel, ModelIndex
 from diskllm.core.models.show import describe
 from diskllm.core.models.resolve import PullHook, remove_model
 from diskllm.core.paths import Home
+from diskllm.core.text import printable
 from diskllm.core.pull import SOURCE_CHOICES, pull
 from diskllm.core.pull.events import CancelToken, PullCancelled
 from diskllm.core.models.registry import load_registry
@@ -77,7 +78,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         model = pull_with_bar(home, args.model, args.source, name=args.name, force=args.force)
     except KeyboardInterrupt:
         return 130
-    print(f"pulled {model.name} ({human_bytes(model.size)}, {model.arch} {model.quant}) -> {model.path}")
+    print(printable(f"pulled {model.name} ({human_bytes(model.size)}, {model.arch} {model.quant}) -> {model.path}"))
     return 0
 
 
@@ -108,7 +109,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     rows += describe(info, args.ctx or cfg.ctx, weights, cfg.repack)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
-        print(f"  {k.ljust(width)}  {v}")
+        print(f"  {k.ljust(width)}  {printable(str(v), multiline=True)}")
     return 0
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from diskllm.core.pull.events import PullEvent
+from diskllm.core.text import printable
 from diskllm.core.units import human_bytes
 
 __all__ = ["ProgressBar", "ago", "clock", "duration", "human_bytes", "say", "table"]
@@ -14,12 +15,13 @@ __all__ = ["ProgressBar", "ago", "clock", "duration", "human_bytes", "say", "tab
 
 def say(line: str) -> None:
     """A progress or status line: stderr, so stdout stays the command's result."""
-    print(line, file=sys.stderr, flush=True)
+    print(printable(line, multiline=True), file=sys.stderr, flush=True)
 
 
 def table(rows: Sequence[Sequence[str]], out: TextIO | None = None, gap: int = 2) -> None:
     """Left-aligned columns, the first row being the header."""
     out = out or sys.stdout
+    rows = [[printable(c) for c in r] for r in rows]  # names come from URLs, registries, GGUFs
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print((" " * gap).join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)

@@ -6,7 +6,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
+from diskllm.core.chat import ChatDelta, ChatDone, context_full, stream_chat
 from diskllm.core.server import ServerEntry
 from diskllm.core.sessions import Session, SessionRunner, TurnDone
 
@@ -117,6 +117,8 @@ class SessionTurns:
         name = self.session.name
         if done.reuse is not None:
             say(f"[session {name}: {done.reuse.describe()}]")
+        if done.context_full:
+            say(f"warning: {context_full(done.context_full, self.runner.model_info.ctx)} (the reply was cut)")
         if done.save_error:
             say(f"warning: autosave failed: {done.save_error}")
         elif interactive and done.timings:

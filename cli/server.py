@@ -99,6 +99,8 @@ def _request(args: argparse.Namespace, *, dry_run: bool = False) -> LaunchReques
         v = getattr(args, flag)
         if v is not None and v <= 0:
             raise DiskLLMError(f"--{flag.replace('_', '-')} must be a positive integer")
+    if args.port is not None and args.port > 65535:
+        raise DiskLLMError(f"--port {args.port} is out of range (1-65535)")
     if args.kv_prefetch is not None and args.kv_prefetch < 0:
         raise DiskLLMError("--kv-prefetch must be >= 0 (MiB; 0 = off)")
     options = {k: getattr(args, k) for k in ("ctx", "host", "port", "kv_backend", "kv_window", "kv_prefetch",

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = ss.add_parser("export", help="write the transcript as Markdown")
     q.add_argument("name", metavar="NAME")
     q.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
+    q.add_argument("--force", action="store_true", help="overwrite an existing FILE")
     q.set_defaults(func=cmd_export)
     p.set_defaults(func=cmd_list)
 
@@ -43,7 +44,7 @@ def cmd_list(args: argparse.Namespace) -> int:  # noqa: ARG001
     rows = [("NAME", "MODEL", "TOKENS", "SIZE", "UPDATED")]
     for s in _store().list():
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated))
-        model = s.model if not s.error else "? (damaged: see 'sessions export')"
+        model = s.model if not s.error else f"damaged: {s.damage} ('sessions rm {s.name}' removes it)"
         rows.append((s.name, model, str(s.tokens), human_bytes(s.size_bytes, "binary"), when))
     table(rows)
     return 0
@@ -66,11 +67,23 @@ def cmd_rename(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     md = _store().export_markdown(args.name)
     if args.output:
-        atomic_write_text(Path(args.output), md)
+        out = Path(args.output)
+        check_export_target(out, args.force)
+        atomic_write_text(out, md)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(md)
     return 0
+
+
+def check_export_target(out: Path, force: bool) -> None:
+    """No silent overwrite, no folders created on the way."""
+    if out.is_dir():
+        raise DiskLLMError(f"{out} is a folder: give a file name (-o {out / 'session.md'})")
+    if not out.parent.is_dir():
+        raise DiskLLMError(f"folder {out.parent} does not exist: create it first")
+    if out.exists() and not force:
+        raise DiskLLMError(f"{out} exists: add --force to overwrite it")
 
 
 # --- `run --session` / `chat --session` (called from cli.server) ------------------

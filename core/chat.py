@@ -10,6 +10,34 @@ import httpx
 from diskllm.core.errors import DiskLLMError
 
 
+CONTEXT_HINT = ("start a new session, or restart the server with a larger --ctx "
+                "(or allow context shift: --server-arg=--context-shift)")
+
+
+class ContextFull(DiskLLMError):
+    """The conversation does not fit the server's context."""
+
+
+def context_full(tokens: int, ctx: int | None = None) -> ContextFull:
+    of = f" of {ctx}" if ctx else ""
+    return ContextFull(f"context full ({tokens}{of} tokens): {CONTEXT_HINT}")
+
+
+def server_error(status: int | None, text: str) -> DiskLLMError:
+    """llama-server's JSON error -> one line (a context overflow gets the context-full line)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    err = doc.get("error", doc) if isinstance(doc, dict) else None
+    if isinstance(err, dict):
+        if err.get("type") == "exceed_context_size_error":
+            return context_full(int(err.get("n_prompt_tokens") or 0), int(err.get("n_ctx") or 0) or None)
+        text = str(err.get("message") or text)
+    head = f"HTTP {status}: " if status else ""
+    return DiskLLMError(f"server refused the request: {head}{' '.join(text.split())[:300]}")
+
+
 @dataclass
 class ChatDelta:
     text: str
@@ -53,8 +81,8 @@ async def stream_chat(
     try:
         async with client.stream("POST", url, json=body) as resp:
             if resp.status_code != 200:
-                text = (await resp.aread()).decode("utf-8", errors="replace")[:300]
-                raise DiskLLMError(f"chat request failed: HTTP {resp.status_code}: {text}")
+                text = (await resp.aread()).decode("utf-8", errors="replace")
+                raise server_error(resp.status_code, text[:4000])
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
                     continue  # SSE comments, event names, keep-alives
@@ -66,7 +94,7 @@ async def stream_chat(
                 except ValueError:
                     continue
                 if "error" in chunk:
-                    raise DiskLLMError(f"server error: {chunk['error']}")
+                    raise server_error(None, json.dumps(chunk))
                 for choice in chunk.get("choices") or []:
                     text = (choice.get("delta") or {}).get("content")
                     if text:

@@ -12,6 +12,7 @@ from typing import Any
 
 from diskllm.core.build import ensure_server
 from diskllm.core.config import load_config
+from diskllm.core.kv_space import check_kv_space
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.models.resolve import PullHook, resolve_model
 from diskllm.core.paths import Home
@@ -79,9 +80,11 @@ async def launch(home: Home, req: LaunchRequest, on_event: OnEvent = lambda ev: 
     if req.session:
         validate_name(req.session)
     model = await resolve_model(home, req.model, on_pull=on_pull)
-    read_gguf_info(model.path)  # a clear error now beats a cryptic server crash later
+    info = read_gguf_info(model.path)  # a clear error now beats a cryptic server crash later
     opts = ServerOptions.from_config(cfg, model.path, name=req.name or model.name, **req.options)
     opts.extra_args = list(req.extra_args)
+    if opts.kv_backend == "ssd" and not req.dry_run:
+        check_kv_space(home.kv_cache, info, opts.ctx, opts.extra_args)
     if req.sessions or req.session:
         opts.extra_args += session_server_args(model.path, opts.extra_args)
 

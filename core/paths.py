@@ -1,10 +1,12 @@
 """Where DiskLLM keeps its files."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from diskllm.core.env import env
+from diskllm.core.errors import DiskLLMError
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,28 @@ class Home:
     def from_env(cls) -> "Home":
         value = env("DISKLLM_HOME")
         root = Path(value).expanduser() if value else Path.home() / ".diskllm"
-        return cls(root.absolute())
+        home = cls(root.absolute())
+        home.check_root()
+        return home
+
+    def check_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise DiskLLMError(f"DISKLLM_HOME={self.root} is a file, not a folder: "
+                               "point DISKLLM_HOME at a folder (or unset it)")
+
+    def private_dirs(self) -> tuple[Path, ...]:
+        """Folders holding conversation text or KV (prompts reach the logs): owner-only."""
+        return (self.kv_cache, self.sessions, self.logs)
 
     def ensure(self) -> "Home":
+        self.check_root()
         for d in (self.root, self.models, self.kv_cache, self.sessions,
                   self.logs, self.bin, self.src, self.run):
             try:
                 d.mkdir(parents=True, exist_ok=True)
+                if d in self.private_dirs():
+                    os.chmod(d, 0o700)
             except OSError as e:
-                from diskllm.core.errors import DiskLLMError
                 raise DiskLLMError(f"cannot create {d} (DISKLLM_HOME={self.root}): {e.strerror}") from None
         return self
 

@@ -203,6 +203,21 @@ _LEVEL_E = re.compile(r"^[\d.]+ E ")  # llama.cpp's own error level
 _ERRORISH = re.compile(r"\b(error|failed|failure|invalid|unknown|cannot|unable|exception|what\(\)|abort)", re.I)
 
 
+def _raise_disk_full(entry: ServerEntry, log_path: Path) -> None:
+    """A failed KV reservation gets the disk-space line, not "failed to fit params"."""
+    if entry.kv_backend != "ssd":
+        return
+    from diskllm.core.kv_space import explain_start_failure  # late: it reads GGUF headers
+    try:
+        text = log_path.read_bytes()[-64 * 1024:].decode("utf-8", errors="replace")
+    except OSError:
+        return
+    kv_dir = Path(entry.home) / "kv_cache" if entry.home else log_path.parent.parent / "kv_cache"
+    line = explain_start_failure(text, kv_dir, Path(entry.model_path), entry.ctx, list(entry.argv))
+    if line:
+        raise DiskLLMError(f"{line} (log: {log_path})")
+
+
 def log_tail(path: Path, n: int = 5) -> list[str]:
     """Last n meaningful lines of a server log."""
     try:
@@ -234,7 +249,8 @@ async def start_server(
     log_path = home.logs / f"server-{_safe_name(opts.name)}-{port}-{stamp}.log"
     if progress:
         progress(f"starting llama-server on {opts.host}:{port} (log: {log_path})")
-    with open(log_path, "ab") as log:
+    # the log can hold prompts (verbose servers): owner-only, like sessions
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -272,6 +288,7 @@ async def _wait_healthy(server: RunningServer, log_path: Path, timeout: float, p
         while True:
             rc = proc.poll()
             if rc is not None:
+                _raise_disk_full(server.entry, log_path)
                 tail = " | ".join(log_tail(log_path)) or "no output"
                 raise DiskLLMError(f"llama-server exited at start (code {rc}): {tail} (log: {log_path})")
             with contextlib.suppress(httpx.TransportError):

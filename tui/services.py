@@ -20,6 +20,7 @@ import psutil
 from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, ThinkSplitter
 from diskllm.core.config import load_config
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.text import printable
 from diskllm.core.models.gguf import GGUFInfo, read_gguf_info
 from diskllm.core.launch import LaunchEvent, LaunchRequest, LaunchStep, launch
 from diskllm.core.models.index import ModelIndex
@@ -57,7 +58,7 @@ def scan_models(home: Home) -> m.ModelsLoaded:
     for model in index.all():
         path = model.path
         rows.append(m.ModelRow(
-            name=model.name, size=model.size, quant=model.quant, arch=model.arch, path=str(path),
+            name=printable(model.name), size=model.size, quant=model.quant, arch=model.arch, path=str(path),
             info=_info(path), served=str(path.resolve()) in served))
     installed = {r.name.lower() for r in rows}
     available = []
@@ -65,7 +66,7 @@ def scan_models(home: Home) -> m.ModelsLoaded:
         registry = load_registry(home)
         for e in registry.names():
             if e.name.lower() not in installed:
-                available.append(m.RegistryRow(e.name, e.description, ", ".join(s.kind for s in e.sources)))
+                available.append(m.RegistryRow(printable(e.name), printable(e.description), ", ".join(s.kind for s in e.sources)))
     except DiskLLMError:
         pass
     return m.ModelsLoaded(rows, available, cfg.ctx, cfg.repack)
@@ -192,7 +193,7 @@ async def tail_log(path: Path, post: Post, interval: float = 0.5, initial: int =
                 if first:
                     lines = lines[-initial:]
                 if lines:
-                    post(m.LogLines(lines, reset=first))
+                    post(m.LogLines([printable(ln) for ln in lines], reset=first))
                     first = False
         except FileNotFoundError:
             pass
@@ -250,7 +251,7 @@ def session_rows(home: Home) -> list[m.SessionRow]:
     rows = []
     for s in SessionStore(home).list():
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated)) if s.updated else "-"
-        rows.append(m.SessionRow(s.name, s.model if not s.error else f"? ({s.error[:40]})",
+        rows.append(m.SessionRow(s.name, printable(s.model) if not s.error else f"damaged: {s.damage}",
                                  s.tokens, s.size_bytes, when))
     return rows
 

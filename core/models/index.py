@@ -53,6 +53,24 @@ def normalize_name(name: str) -> str:
     return n
 
 
+# Ollama's characters: [host/][ns/]name[:tag], each part a letter or digit then
+# letters, digits, '_', '.' or '-'; bounded so a folder name always fits.
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
+MODEL_NAME_RE = re.compile(rf"(?:{_PART}/){{0,2}}{_PART}:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,79}}")
+NAME_RULE = ("model names are [namespace/]name[:tag]: letters, digits, '_', '.' and '-', "
+             "each part starting with a letter or digit, at most 80 characters")
+
+
+def check_model_name(name: str) -> str:
+    """The normalised name, or a DiskLLMError naming the rule (the one check every entry uses)."""
+    n = normalize_name(name)
+    if not MODEL_NAME_RE.fullmatch(n) or ".." in n:
+        from diskllm.core.text import printable
+        shown = printable(name if len(name) <= 60 else name[:60] + "...")
+        raise DiskLLMError(f"invalid model name '{shown}': {NAME_RULE}")
+    return n
+
+
 def name_key(name: str) -> str:
     """Case-insensitive lookup key."""
     return normalize_name(name).lower()

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.models.index import InstalledModel, ModelIndex
+from diskllm.core.models.index import InstalledModel, ModelIndex, check_model_name
 from diskllm.core.models.registry import load_registry
 from diskllm.core.models.repack import remove_repack_caches
 from diskllm.core.paths import Home
 from diskllm.core.server import list_servers
+from diskllm.core.text import printable
 
 # Called with a registry name that is not installed; returns the model it pulled.
 PullHook = Callable[[str], Awaitable[InstalledModel]]
@@ -27,7 +28,14 @@ class ResolvedModel:
 
 def looks_like_path(spec: str) -> bool:
     """`ns/name:tag` and `hf.co/org/repo:Q4_K_M` are model names, not paths."""
-    return Path(spec).expanduser().exists() or spec.endswith(".gguf") or spec.startswith((".", "/", "~"))
+    return _exists(Path(spec).expanduser()) or spec.endswith(".gguf") or spec.startswith((".", "/", "~"))
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError:  # ENAMETOOLONG and friends: not a file we can open
+        return False
 
 
 async def resolve_model(home: Home, spec: str, on_pull: PullHook | None = None) -> ResolvedModel:
@@ -37,11 +45,12 @@ async def resolve_model(home: Home, spec: str, on_pull: PullHook | None = None) 
     first, through `on_pull`; without one it is an unknown model."""
     p = Path(spec).expanduser()
     if looks_like_path(spec):
-        if not p.exists():
-            raise DiskLLMError(f"{spec}: no such file")
+        if not _exists(p):
+            raise DiskLLMError(f"{printable(spec[:200])}: no such file")
         if p.is_dir():
             raise DiskLLMError(f"{spec} is a directory, not a .gguf file")
         return ResolvedModel(p.resolve(), p.stem)
+    check_model_name(spec)
     index = ModelIndex(home)
     try:
         model = index.get(spec)  # follows registry aliases: smollm2 -> smollm2:135m

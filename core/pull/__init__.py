@@ -11,6 +11,7 @@ not help).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,10 +49,16 @@ async def pull(home: Home, spec: str, source: str = "auto", progress: ProgressCa
     try:
         for cand in plan.candidates:
             existing = index.find(cand.name)
-            if existing is not None and not force and all(p.is_file() for p in existing.paths):
+            installed = existing is not None and all(p.is_file() for p in existing.paths)
+            if installed and not force:
+                if name is not None:  # an explicit name over another model: never silently "pulled"
+                    raise DiskLLMError(f"model '{existing.name}' is already installed "
+                                       f"(from {existing.source}); add --force to replace it")
                 Progress(cand.name, progress).set("register", done=existing.size, total=existing.size,
                                                   message="already installed")
                 return existing
+            if existing is not None and force:
+                _refuse_in_use(home, existing)
             slug = model_slug(cand.name)
             dest_dir = home.models / slug
             prog = Progress(cand.name, progress)
@@ -72,13 +79,20 @@ async def pull(home: Home, spec: str, source: str = "auto", progress: ProgressCa
                         dir=dest_dir, files=fetched.files, extra=fetched.extra)
                     prog.set("register", done=fetched.size, total=fetched.size)
                     index.add(model)
+                    if existing is not None:
+                        _remove_replaced(existing, model)
                     return model
-            except (PullCancelled, InsufficientSpace, PullBusy):
+            except PullBusy:
+                raise  # the folder and lock are the other pull's
+            except (PullCancelled, InsufficientSpace):
+                _tidy_failed(home, dest_dir, slug)
                 raise
             except DiskLLMError as e:
                 failures.append(f"{cand.spec.describe()}: {e}")
+                _tidy_failed(home, dest_dir, slug)
             except (httpx.HTTPError, OSError, ValueError) as e:
                 failures.append(f"{cand.spec.describe()}: {type(e).__name__}: {e}")
+                _tidy_failed(home, dest_dir, slug)
             if cand is not plan.candidates[-1]:
                 prog.emit(f"{cand.spec.describe()} failed, trying the next source")
     finally:
@@ -87,3 +101,28 @@ async def pull(home: Home, spec: str, source: str = "auto", progress: ProgressCa
     head = f"could not pull '{spec}'" if plan.in_registry else \
         f"could not pull '{spec}' (not in the DiskLLM registry; see `diskllm registry`)"
     raise DiskLLMError(head + "; tried: " + "; ".join(failures))
+
+
+def _refuse_in_use(home: Home, model: InstalledModel) -> None:
+    from diskllm.core.models.resolve import servers_using  # late: resolve imports the server registry
+    pids = servers_using(home, model)
+    if pids:
+        raise DiskLLMError(f"{model.name} is in use by server pid {', '.join(map(str, pids))}; "
+                           f"stop it first (diskllm stop {model.name})")
+
+
+def _remove_replaced(old: InstalledModel, new: InstalledModel) -> None:
+    """--force: the replaced model's files that the new one does not reuse."""
+    keep = {p.resolve() for p in new.paths}
+    for p in old.paths:
+        if p.resolve() not in keep:
+            p.unlink(missing_ok=True)
+
+
+def _tidy_failed(home: Home, dest_dir: Path, slug: str) -> None:
+    """No empty model folder or lock file outlives a pull (a partial download stays, to resume)."""
+    with contextlib.suppress(OSError):
+        dest_dir.rmdir()  # only when empty
+    if not dest_dir.exists():
+        with contextlib.suppress(OSError):
+            (home.models / ".locks" / f"{slug}.lock").unlink()

@@ -1,13 +1,14 @@
 """Which sources a pull tries, in order, and the name each would install as."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.models.index import normalize_name
+from diskllm.core.models.index import check_model_name, normalize_name
 from diskllm.core.models.registry import SOURCE_KINDS, Registry, SourceSpec
 from diskllm.core.pull.sources.huggingface import parse_hf_spec
 from diskllm.core.pull.sources.ollama import parse_ref
@@ -34,6 +35,8 @@ def _is_url(spec: str) -> bool:
 
 def plan_pull(registry: Registry, spec: str, source: str = "auto", name: str | None = None) -> PullPlan:
     """Which sources to try for `spec`, in order, and the name each would install as."""
+    if name is not None:
+        name = check_model_name(name)
     if source not in SOURCE_CHOICES and source not in SOURCE_KINDS:
         raise DiskLLMError(f"unknown source '{source}' (choose from {', '.join(SOURCE_CHOICES)})")
     entry = None if _is_url(spec) else registry.get(spec)
@@ -41,7 +44,9 @@ def plan_pull(registry: Registry, spec: str, source: str = "auto", name: str | N
         cands = [Candidate(name or entry.name, s) for s in entry.sources]
         in_registry = True
     elif _is_url(spec) and spec.split("?")[0].lower().endswith(".gguf"):
-        stem = Path(httpx.URL(spec).path).name.rsplit(".", 1)[0]
+        # a file name is anyone's text: keep only the name grammar's characters
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(httpx.URL(spec).path).name.rsplit(".", 1)[0])
+        stem = stem.strip(".-_")[:80] or "model"
         cands = [Candidate(name or f"{stem}:latest", SourceSpec("url", {"url": spec}))]
         in_registry = False
     else:

@@ -22,3 +22,11 @@ class SessionCorrupt(SessionError):
 
 class SessionMismatch(SessionError):
     """The session cannot go into this server: other model, cache types or too small a ctx."""
+
+
+class SessionBusy(SessionError):
+    """Another process has the session open: a second writer would lose turns."""
+
+
+class SessionContextFull(SessionError):
+    """The transcript no longer fits the server's context: resume needs a larger --ctx."""

@@ -41,7 +41,10 @@ def _fsync_dir(d: Path) -> None:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    # conversation text: owner-only whatever the umask (O_CREAT's mode is masked, fchmod is not)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -9,6 +9,16 @@ from diskllm.core.chat import ChatDone
 FORMAT = 1
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "str | None": (str,), "int": (int,), "int | None": (int,), "float": (int, float),
+}
+
+
+def json_type(v: object) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "a boolean",
+            list: "a list", dict: "an object"}.get(type(v), "null")
+
+
 @dataclass
 class SessionMeta:
     name: str
@@ -33,8 +43,18 @@ class SessionMeta:
 
     @classmethod
     def from_json(cls, d: dict) -> "SessionMeta":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """TypeError naming the first field of the wrong type (a hand-edited meta.json)."""
+        if not isinstance(d, dict):
+            raise TypeError("not a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        vals = {k: v for k, v in d.items() if k in known}
+        for k, v in vals.items():
+            want = _FIELD_TYPES[known[k].type]
+            if v is None and "None" in known[k].type:
+                continue
+            if isinstance(v, bool) or not isinstance(v, want):
+                raise TypeError(f"{k} is {json_type(v)}, expected {known[k].type}")
+        return cls(**vals)
 
 
 @dataclass
@@ -58,6 +78,11 @@ class SessionInfo:
     updated: float
     messages: int = 0
     error: str | None = None  # set when meta.json is unreadable
+
+    @property
+    def damage(self) -> str | None:
+        """What is wrong, without the "session 'x': " prefix (the row names it already)."""
+        return self.error.split(": ", 1)[-1] if self.error else None
 
 
 @dataclass
@@ -116,3 +141,4 @@ class TurnDone(ChatDone):
     reuse: ReuseReport | None = None   # set on the first turn after a restore
     save: SaveReport | None = None     # the autosave after the reply
     save_error: str | None = None
+    context_full: int | None = None    # tokens, when the reply stopped because the context is full

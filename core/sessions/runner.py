@@ -12,10 +12,12 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
+from diskllm.core.chat import ChatDelta, ChatDone, ContextFull, server_error, stream_chat
+from diskllm.core.errors import DiskLLMError
 from diskllm.core.hashing import sha256_file
-from diskllm.core.sessions.errors import SessionError, SessionMismatch
+from diskllm.core.sessions.errors import SessionContextFull, SessionError, SessionMismatch
 from diskllm.core.sessions.identity import ModelInfo, check_compatible
+from diskllm.core.sessions.locks import SessionLock, SlotLock
 from diskllm.core.sessions.records import ReuseReport, RestoreReport, SaveReport, Session, SwitchReport, TurnDone
 from diskllm.core.sessions.store import SessionStore, _tmp_name, validate_name
 
@@ -36,6 +38,26 @@ class SessionRunner:
         self.autosave = autosave
         self._lock = asyncio.Lock()
         self._pending: dict[str, int] = {}  # session name -> tokens restored, awaiting a reuse check
+        self._slot = SlotLock(store.home.run, self.base_url, slot_id)
+        self._held: dict[str, SessionLock] = {}
+
+    def _user(self, name: str) -> str:
+        """Who the slot's KV belongs to: this runner's view of session `name`."""
+        return f"{os.getpid()}:{id(self)}:{name}"
+
+    def hold(self, name: str) -> None:
+        """Take the session's writer lock (SessionBusy naming the holder if another process has it)."""
+        if name not in self._held:
+            lock = SessionLock(self.store.root, name)
+            lock.acquire()
+            self._held[name] = lock
+
+    def release(self, name: str | None = None) -> None:
+        """Drop the writer lock of one session, or of all."""
+        for n in [name] if name else list(self._held):
+            lock = self._held.pop(n, None)
+            if lock:
+                lock.release()
 
     # low level
     async def _slot_action(self, action: str, body: dict | None = None) -> dict:
@@ -55,13 +77,23 @@ class SessionRunner:
         return doc
 
     async def erase(self) -> int:
-        doc = await self._slot_action("erase")
+        async with self._slot.hold(""):
+            doc = await self._slot_action("erase")
         return int(doc.get("n_erased", 0))
 
     # save / restore
     async def save(self, session: Session) -> SaveReport:
         """Write the slot's KV and the transcript into the session folder (atomically)."""
         async with self._lock:
+            return await self._save_held(session)
+
+    async def _save_held(self, session: Session) -> SaveReport:
+        async with self._slot.hold(self._user(session.name)) as use:
+            if use.foreign:  # the slot holds someone else's KV now: keep ours, write the transcript
+                t0 = time.perf_counter()
+                await asyncio.to_thread(self.store.commit, session, None, keep_kv=True)
+                m = session.meta
+                return SaveReport(session.name, m.tokens, m.kv_bytes, 0.0, (time.perf_counter() - t0) * 1000)
             return await self._save(session)
 
     async def _save(self, session: Session) -> SaveReport:
@@ -95,7 +127,7 @@ class SessionRunner:
 
         verify=True re-sends the transcript at once (n_predict 0) and reports reuse;
         otherwise the first chat_turn reports it (TurnDone.reuse)."""
-        async with self._lock:
+        async with self._lock, self._slot.hold(self._user(name)):
             rep = await self._restore(name, model_info or self.model_info)
             if verify:
                 rep.reuse = await self._verify(self.store.load(name), rep.restored_tokens)
@@ -120,6 +152,9 @@ class SessionRunner:
             except OSError:
                 await asyncio.to_thread(shutil.copyfile, kv, link)
             try:
+                # A restore does not drop the cells the slot held before: a longer previous
+                # conversation stays visible to attention and leaks into the next reply.
+                await self._slot_action("erase")
                 doc = await self._slot_action("restore", {"filename": link_name})
             except SessionError as e:
                 # llama-server clears the slot when a restore fails: nothing stale is left
@@ -142,7 +177,7 @@ class SessionRunner:
 
     async def verify_reuse(self, session: Session) -> ReuseReport:
         """Re-send the transcript (no generation) and read timings.cache_n."""
-        async with self._lock:
+        async with self._lock, self._slot.hold(self._user(session.name)):
             return await self._verify(session, self._pending.get(session.name, session.meta.tokens))
 
     async def _verify(self, session: Session, restored: int) -> ReuseReport:
@@ -158,9 +193,12 @@ class SessionRunner:
                 r = await c.post(f"{self.base_url}/completion", json={
                     "prompt": prompt, "n_predict": 0, "id_slot": self.slot_id, "cache_prompt": True,
                 })
-                r.raise_for_status()
+                if r.status_code != 200:
+                    raise server_error(r.status_code, r.text[:4000])
                 doc = r.json()
-        except (httpx.HTTPError, KeyError, ValueError) as e:
+        except ContextFull as e:
+            raise SessionContextFull(f"session '{session.name}': {e}") from None
+        except (httpx.HTTPError, KeyError, ValueError, DiskLLMError) as e:
             raise SessionError(f"reuse check failed: {e}") from None
         t = doc.get("timings") or {}
         cache_n = int(t.get("cache_n", 0))
@@ -170,12 +208,16 @@ class SessionRunner:
     async def switch(self, active: Session | None, target_name: str, *, verify: bool = False) -> SwitchReport:
         """Save `active` (if any), then load `target_name` into the same slot; one call."""
         t0 = time.perf_counter()
+        self.hold(target_name)
         async with self._lock:
-            saved = await self._save(active) if active is not None else None
-            rep = await self._restore(target_name, self.model_info)
-            if verify:
-                rep.reuse = await self._verify(self.store.load(target_name), rep.restored_tokens)
-                self._finish_report(rep)
+            saved = await self._save_held(active) if active is not None else None
+            async with self._slot.hold(self._user(target_name)):
+                rep = await self._restore(target_name, self.model_info)
+                if verify:
+                    rep.reuse = await self._verify(self.store.load(target_name), rep.restored_tokens)
+                    self._finish_report(rep)
+        if active is not None and active.name != target_name:
+            self.release(active.name)
         return SwitchReport(saved, rep, (time.perf_counter() - t0) * 1000)
 
     async def open(self, name: str, *, system: str | None = None,
@@ -184,8 +226,9 @@ class SessionRunner:
 
         A damaged kv.bin is not fatal: the transcript is the source of truth, so
         the report says why and the slot is re-prefilled from it."""
+        validate_name(name)
+        self.hold(name)
         if not self.store.exists(name):
-            validate_name(name)
             if self.store.path(name).exists():  # folder without meta: damaged
                 self.store.load_meta(name)
             s = self.store.create(name, self.model_info, system=system)
@@ -194,15 +237,26 @@ class SessionRunner:
         check_compatible(session.meta, self.model_info)
         try:
             rep = await self.restore(name, verify=verify)
-        except SessionMismatch:
+        except (SessionMismatch, SessionContextFull):
             raise
         except SessionError as e:  # corrupt kv.bin, or the server refused the state
             await self.erase()
             rep = RestoreReport(name, 0, 0.0, 0.0, fallback="re-prefill", note=str(e))
             if verify:
-                async with self._lock:
+                async with self._lock, self._slot.hold(self._user(name)):
                     rep.reuse = await self._verify(session, 0)
         return session, rep
+
+    async def _reload(self, session: Session) -> None:
+        """Put the session's saved KV back into the slot (or empty it): never reuse another's."""
+        try:
+            meta = self.store.load_meta(session.name) if self.store.exists(session.name) else None
+            if meta is not None and meta.kv_sha256:
+                await self._restore(session.name, self.model_info)
+                return
+        except SessionError:
+            pass  # damaged kv.bin: the transcript re-prefills
+        await self._slot_action("erase")
 
     # chat
     async def chat_turn(self, session: Session, user_text: str, **params: Any
@@ -217,7 +271,10 @@ class SessionRunner:
         params.setdefault("cache_prompt", True)
         reply: list[str] = []
         done: ChatDone | None = None
-        async with self._lock:
+        self.hold(session.name)
+        async with self._lock, self._slot.hold(self._user(session.name)) as use:
+            if use.foreign:  # another session used the slot since our last turn: our KV back first
+                await self._reload(session)
             async for ev in stream_chat(self.base_url, msgs, **params):
                 if isinstance(ev, ChatDelta):
                     reply.append(ev.text)
@@ -229,6 +286,9 @@ class SessionRunner:
             out.cache_n = t.get("cache_n")
             if out.usage:
                 out.prompt_tokens = out.usage.get("prompt_tokens")
+                total = int(out.usage.get("total_tokens") or 0)
+                if out.finish_reason == "length" and total + 1 >= self.model_info.ctx:
+                    out.context_full = total
             restored = self._pending.pop(session.name, None)
             if restored is not None and out.cache_n is not None:
                 total = out.prompt_tokens or (out.cache_n + int(t.get("prompt_n", 0)))

@@ -154,7 +154,9 @@ class SessionStore:
             return SessionMeta.from_json(json.loads(p.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise SessionCorrupt(f"session '{name}': meta.json is missing") from None
-        except (OSError, ValueError, TypeError, AttributeError) as e:
+        except TypeError as e:  # a field of the wrong type: say which
+            raise SessionCorrupt(f"session '{name}': meta.json is damaged ({e})") from None
+        except (OSError, ValueError, AttributeError) as e:
             raise SessionCorrupt(f"session '{name}': meta.json is unreadable ({type(e).__name__})") from None
 
     def load_transcript(self, name: str) -> tuple[list[dict[str, str]], str | None]:
@@ -220,10 +222,12 @@ class SessionStore:
         name = validate_name(session.name)
         final = self.root / name
         stage = self.root / _tmp_name(".stage-", name)
-        stage.mkdir()
+        stage.mkdir(mode=0o700)
         try:
+            os.chmod(stage, 0o700)  # mkdir's mode is masked by the umask
             meta = session.meta
             if kv_tmp is not None:
+                os.chmod(kv_tmp, 0o600)  # written by llama-server with its umask
                 _fsync_file(kv_tmp)
                 os.replace(kv_tmp, stage / "kv.bin")
             elif keep_kv and (final / "kv.bin").is_file() and meta.kv_sha256:

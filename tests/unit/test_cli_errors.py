@@ -92,7 +92,7 @@ def test_home_is_a_file(home: Home, monkeypatch, tmp_path: Path):
     f = tmp_path / "file"
     f.write_text("x")
     monkeypatch.setenv("DISKLLM_HOME", str(f))
-    assert_one_line_error(run_cli("build"), "cannot create")
+    assert_one_line_error(run_cli("build"), "is a file, not a folder")
 
 
 def test_unexpected_exception_is_one_line(home: Home, monkeypatch, capsys):
