@@ -11,6 +11,7 @@ from pathlib import Path
 from diskllm.core.build import ensure_server
 from diskllm.core.config import KV_BACKENDS
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.held import hold, release, save_held
 from diskllm.core.launch import LaunchEvent, Launched, LaunchRequest, LaunchStep, ServerReady, SessionOpened, launch
 from diskllm.core.models.resolve import resolve_model as core_resolve_model
 from diskllm.core.paths import Home
@@ -31,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="start a server for MODEL and chat with it")
     p.add_argument("model", metavar="MODEL|PATH")
     _server_flags(p)
-    p.add_argument("--headless", action="store_true", help="serve only; Ctrl-C stops the server")
+    p.add_argument("--headless", action="store_true",
+                   help="serve only: start the server detached, print its URL, pid and log, and return")
+    p.add_argument("--foreground", action="store_true",
+                   help="with --headless: stay in the foreground until Ctrl-C (service managers, containers)")
     p.add_argument("--dry-run", action="store_true", help="print the llama-server command and exit")
     _sampling_flags(p)
     cli_sessions.add_session_flag(p)
@@ -144,6 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _, done = _launch(args, dry_run=True)
         print(shlex.join(done.argv))
         return 0
+    if args.headless and not args.foreground:
+        return _run_detached(args)
     _terminate_on_sigterm()
     home, done = _launch(args)
     server = done.server
@@ -165,6 +171,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 cli_sessions.final_save(done.opened.runner, done.opened.session)
         finally:
             asyncio.run(stop_server(server))
+    return 0
+
+
+def _run_detached(args: argparse.Namespace) -> int:
+    """Start the server (its own session and process group, log under logs/) and leave it running.
+
+    The session, if any, is restored (or created) before we return and recorded
+    as held by the server: `chat --no-start` continues it, `stop` saves it."""
+    home, done = _launch(args)
+    server = done.server
+    assert server is not None
+    if done.opened is not None:
+        hold(home, server.pid, done.opened.session.name)
+    e = server.entry
+    print(f"url: {e.base_url}\npid: {e.pid}\nlog: {e.log}", flush=True)
+    print(f"stop it with: diskllm stop {e.model}", flush=True)
     return 0
 
 
@@ -239,8 +261,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print("no servers running")
         return 0
 
+    async def save_then_stop(e: ServerEntry) -> None:
+        try:
+            saved = await save_held(home, e)
+            if saved:
+                say(f"session {saved[0]} saved ({saved[1].tokens} tokens)")
+        except DiskLLMError as err:
+            say(f"warning: session held by pid {e.pid} not saved: {err}")
+        await stop_server(e)
+        release(home, e.pid)
+
     async def stop_all() -> None:
-        await asyncio.gather(*(stop_server(e) for e in targets))
+        await asyncio.gather(*(save_then_stop(e) for e in targets))
     asyncio.run(stop_all())
     for e in targets:
         print(f"stopped {e.model} (pid {e.pid}, port {e.port})")
