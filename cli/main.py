@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "diskllm.cli.models",
     "diskllm.cli.sessions",
     "diskllm.cli.tui",
+    "diskllm.cli.serve",
 ]
 
 

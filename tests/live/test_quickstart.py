@@ -4,14 +4,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import assert_one_line_error
+from localreg import local_registry, registry_config
 
-from diskllm.bench.localhub import Blob, FakeHub, FakeHubServer
 from diskllm.core.paths import Home
 from diskllm.core.server import list_servers
 from diskllm.core.sessions import SessionStore
@@ -19,26 +18,8 @@ from diskllm.core.sessions import SessionStore
 
 @pytest.fixture
 def hub(smollm2_path: Path):
-    h = FakeHub()
-    h.add_ollama_model("library/smollm2:135m", Blob(path=smollm2_path))
-    with FakeHubServer(h):
+    with local_registry({"library/smollm2:135m": smollm2_path}) as h:
         yield h
-    h.release.set()
-
-
-def registry_config(home: Home, url: str, extra: str = "") -> None:
-    """Pulls go to the local registry only: PyPI is pointed at an empty folder."""
-    home.root.mkdir(parents=True, exist_ok=True)
-    (home.root / "no-wheels").mkdir(exist_ok=True)
-    home.config_file.write_text(textwrap.dedent(f"""\
-        ctx = 1024
-        {extra}
-        [registry]
-        ollama_url = "{url}"
-        hf_endpoint = "{url}"
-        connect_timeout = 2
-        pypi_find_links = "{home.root / 'no-wheels'}"
-        """))
 
 
 def test_quickstart_three_lines(home: Home, hub, server_binary, tmp_path, monkeypatch):
