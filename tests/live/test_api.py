@@ -203,3 +203,36 @@ def test_api_key_and_stopping_leaves_nothing(tmp_path, server_binary, smollm2_pa
     assert d.proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its shutdown
     assert all(gone(p) for p in pids)
     assert list_servers(home) == [] and not [p for p in home.kv_cache.iterdir() if p.is_file()]
+
+
+def test_num_ctx_change_restarts_that_server(daemon, client):
+    client.generate(model=SMOL, prompt="", keep_alive="5m")
+    before = {e.model: e for e in list_servers(daemon.home)}[SMOL]
+    r = client.generate(model=SMOL, prompt="Hi", options={"num_predict": 2, "num_ctx": 2048})
+    assert r.done
+    after = {e.model: e for e in list_servers(daemon.home)}[SMOL]
+    assert after.pid != before.pid and after.ctx == 2048 and gone(before.pid)
+    assert [m.context_length for m in client.ps().models if m.model == SMOL] == [2048]
+
+
+def test_load_failure_is_500_with_the_logs_first_error(daemon, client, smollm2_path):
+    from dataclasses import replace
+
+    from diskllm.core.models.index import ModelIndex
+    client.pull(SMOL)
+    index = ModelIndex(daemon.home)
+    good = index.get(SMOL)
+    broken_dir = daemon.home.models / "broken"
+    broken_dir.mkdir()
+    # A whole GGUF with an architecture llama.cpp does not know: our header check passes it,
+    # llama-server refuses it.
+    data = bytearray(smollm2_path.read_bytes())
+    at = data.find(b"general.architecture") + len(b"general.architecture") + 4 + 8
+    assert data[at:at + 5] == b"llama"
+    data[at:at + 5] = b"llamx"
+    (broken_dir / "model.gguf").write_bytes(data)
+    index.add(replace(good, name="broken:1b", dir=broken_dir, files=["model.gguf"], extra={}))
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model="broken:1b", prompt="Hi")
+    assert e.value.status_code == 500 and "cannot load broken:1b" in e.value.error
+    assert "llama-server exited at start" in e.value.error and "llamx" in e.value.error
