@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from diskllm.core.build import ensure_server
-from diskllm.core.config import KV_BACKENDS
+from diskllm.core.config import KV_BACKENDS, load_config
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.held import hold, release, save_held
 from diskllm.core.launch import LaunchEvent, Launched, LaunchRequest, LaunchStep, ServerReady, SessionOpened, launch
@@ -82,6 +82,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-prefetch", type=int, metavar="MIB",
                    help="MiB of KV read ahead of compute once it no longer fits in RAM; 0 = off (config: kv_prefetch)")
     p.add_argument("--threads", type=int, help="CPU threads (config: threads; default auto)")
+    p.add_argument("--api-key", help="the server requires 'Authorization: Bearer KEY' (config: api_key); "
+                                     "chat, sessions and the workbench send it")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra llama-server argument (repeatable; use --server-arg=--flag)")
 
@@ -104,7 +106,13 @@ def _request(args: argparse.Namespace, *, dry_run: bool = False) -> LaunchReques
         raise DiskLLMError("--kv-prefetch must be >= 0 (MiB; 0 = off)")
     options = {k: getattr(args, k) for k in ("ctx", "host", "port", "kv_backend", "kv_window", "kv_prefetch",
                                              "threads")}
-    return LaunchRequest(model=args.model, options=options, extra_args=list(args.server_arg),
+    cfg = load_config(Home.from_env())
+    key = getattr(args, "api_key", None) or cfg.api_key
+    extra = list(args.server_arg) + (["--api-key", key] if key else [])
+    if (args.host or cfg.host) not in ("127.0.0.1", "localhost", "::1") and not key:
+        say("warning: the server listens beyond loopback without an API key: anyone who can reach it "
+            "can use the model (set --api-key or api_key)")
+    return LaunchRequest(model=args.model, options=options, extra_args=extra,
                          session=getattr(args, "session", None), dry_run=dry_run)
 
 

@@ -38,6 +38,7 @@ async def stream_chat(
     *,
     model: str = "default",
     client: httpx.AsyncClient | None = None,
+    api_key: str | None = None,
     **params: Any,
 ) -> AsyncIterator[ChatDelta | ChatDone]:
     """POST /v1/chat/completions with stream=True; yield text deltas, then one ChatDone.
@@ -51,7 +52,8 @@ async def stream_chat(
     client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
     done = ChatDone()
     try:
-        async with client.stream("POST", url, json=body) as resp:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        async with client.stream("POST", url, json=body, headers=headers) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode("utf-8", errors="replace")[:300]
                 raise DiskLLMError(f"chat request failed: HTTP {resp.status_code}: {text}")

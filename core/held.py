@@ -38,5 +38,5 @@ async def save_held(home: Home, entry: ServerEntry) -> tuple[str, SaveReport] | 
     if name is None:
         return None
     store = SessionStore(home)
-    runner = SessionRunner(entry.base_url, store, ModelInfo.from_entry(entry, home))
+    runner = SessionRunner(entry.base_url, store, ModelInfo.from_entry(entry, home), api_key=entry.api_key)
     return name, await runner.save(store.load(name))

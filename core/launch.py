@@ -66,7 +66,8 @@ class Launched:
 
 async def open_session(entry: ServerEntry | RunningServer, home: Home, name: str) -> SessionOpened:
     """Restore (or create) session `name` in slot 0 of a running server."""
-    runner = SessionRunner(entry.base_url, SessionStore(home), ModelInfo.from_entry(entry, home))
+    runner = SessionRunner(entry.base_url, SessionStore(home), ModelInfo.from_entry(entry, home),
+                           api_key=(entry.entry if isinstance(entry, RunningServer) else entry).api_key)
     session, report = await runner.open(name)
     return SessionOpened(runner, session, report)
 

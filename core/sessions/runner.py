@@ -27,13 +27,16 @@ class SessionRunner:
     home.sessions, the store's root: the default)."""
 
     def __init__(self, base_url: str, store: SessionStore, model_info: ModelInfo, *,
-                 slot_id: int = 0, slot_dir: Path | None = None, autosave: bool = True):
+                 slot_id: int = 0, slot_dir: Path | None = None, autosave: bool = True,
+                 api_key: str | None = None):
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.store = store
         self.model_info = model_info
         self.slot_id = slot_id
         self.slot_dir = Path(slot_dir) if slot_dir else store.root
         self.autosave = autosave
+        self.api_key = api_key  # the server's `--api-key`, sent as a Bearer token
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._lock = asyncio.Lock()
         self._pending: dict[str, int] = {}  # session name -> tokens restored, awaiting a reuse check
 
@@ -41,7 +44,7 @@ class SessionRunner:
     async def _slot_action(self, action: str, body: dict | None = None) -> dict:
         url = f"{self.base_url}/slots/{self.slot_id}?action={action}"
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as c:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), headers=self._headers) as c:
                 r = await c.post(url, json=body or {})
         except httpx.TransportError as e:
             raise SessionError(f"slot {action} failed: cannot reach {self.base_url}: {e}") from None
@@ -151,7 +154,7 @@ class SessionRunner:
         if not msgs:
             return ReuseReport(0, 0, restored, 0.0)
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as c:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), headers=self._headers) as c:
                 r = await c.post(f"{self.base_url}/apply-template", json={"messages": msgs})
                 r.raise_for_status()
                 prompt = r.json()["prompt"]
@@ -218,7 +221,7 @@ class SessionRunner:
         reply: list[str] = []
         done: ChatDone | None = None
         async with self._lock:
-            async for ev in stream_chat(self.base_url, msgs, **params):
+            async for ev in stream_chat(self.base_url, msgs, api_key=self.api_key, **params):
                 if isinstance(ev, ChatDelta):
                     reply.append(ev.text)
                     yield ev

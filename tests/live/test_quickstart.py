@@ -60,3 +60,16 @@ def test_headless_start_failure_is_one_line(home: Home, server_binary, cli, smol
     r = cli("run", str(smollm2_path), "--headless", "--server-arg=--no-such-flag")
     assert_one_line_error(r, "llama-server exited at start")
     assert list_servers(home) == []
+
+
+def test_headless_api_key_is_required_and_sent_by_chat(home: Home, server_binary, cli, smollm2_path):
+    import httpx
+    r = cli("run", str(smollm2_path), "--headless", "--ctx", "1024", "--api-key", "k3y", "--session", "locked")
+    assert r.rc == 0, r.err
+    url = next(ln.split()[1] for ln in r.out.splitlines() if ln.startswith("url:"))
+    assert httpx.get(url + "/v1/models").status_code == 401
+    assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k3y"}).status_code == 200
+    r = cli("chat", str(smollm2_path), "--session", "locked", "--no-start", "--max-tokens", "4", input="Hi\n")
+    assert r.rc == 0, r.err
+    r = cli("stop")
+    assert r.rc == 0 and "session locked saved" in r.err, r.err
