@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator
 import httpx
 
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.server import bearer
 
 
 @dataclass
@@ -52,8 +53,7 @@ async def stream_chat(
     client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
     done = ChatDone()
     try:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        async with client.stream("POST", url, json=body, headers=headers) as resp:
+        async with client.stream("POST", url, json=body, headers=bearer(api_key)) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode("utf-8", errors="replace")[:300]
                 raise DiskLLMError(f"chat request failed: HTTP {resp.status_code}: {text}")

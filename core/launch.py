@@ -1,6 +1,6 @@
 """One launch path for every front end: resolve -> pull -> build -> start -> session restore.
 
-The CLI's `run`/`chat`, the workbench's start worker (and a future daemon) call
+The CLI's `run`/`chat`, the workbench's start worker and `diskllm serve` call
 `launch` and render its events; none of them orchestrates the steps itself.
 Chatting, saving and stopping stay with the caller, which owns the lifetime."""
 from __future__ import annotations

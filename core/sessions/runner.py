@@ -14,6 +14,7 @@ import httpx
 
 from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
 from diskllm.core.hashing import sha256_file
+from diskllm.core.server import bearer
 from diskllm.core.sessions.errors import SessionError, SessionMismatch
 from diskllm.core.sessions.identity import ModelInfo, check_compatible
 from diskllm.core.sessions.records import ReuseReport, RestoreReport, SaveReport, Session, SwitchReport, TurnDone
@@ -36,7 +37,7 @@ class SessionRunner:
         self.slot_dir = Path(slot_dir) if slot_dir else store.root
         self.autosave = autosave
         self.api_key = api_key  # the server's `--api-key`, sent as a Bearer token
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = bearer(api_key)
         self._lock = asyncio.Lock()
         self._pending: dict[str, int] = {}  # session name -> tokens restored, awaiting a reuse check
 
