@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "diskllm.cli.models",
     "diskllm.cli.sessions",
     "diskllm.cli.tui",
+    "diskllm.cli.serve",
 ]
 
 

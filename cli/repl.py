@@ -77,7 +77,7 @@ class PlainTurns:
     async def send(self, text: str) -> ChatDone | None:
         self.messages.append({"role": "user", "content": text})
         self.reply = []
-        return await _echo(stream_chat(self.entry.base_url, self.messages, **self.params), self.reply)
+        return await _echo(stream_chat(self.entry.base_url, self.messages, api_key=self.entry.api_key, **self.params), self.reply)
 
     def interrupted(self) -> None:
         print("\n[interrupted]", flush=True)

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from diskllm.core.build import ensure_server
-from diskllm.core.config import KV_BACKENDS
+from diskllm.core.config import KV_BACKENDS, load_config
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.held import hold, release, save_held
 from diskllm.core.launch import LaunchEvent, Launched, LaunchRequest, LaunchStep, ServerReady, SessionOpened, launch
 from diskllm.core.models.resolve import resolve_model as core_resolve_model
 from diskllm.core.paths import Home
@@ -31,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="start a server for MODEL and chat with it")
     p.add_argument("model", metavar="MODEL|PATH")
     _server_flags(p)
-    p.add_argument("--headless", action="store_true", help="serve only; Ctrl-C stops the server")
+    p.add_argument("--headless", action="store_true",
+                   help="serve only: start the server detached, print its URL, pid and log, and return")
+    p.add_argument("--foreground", action="store_true",
+                   help="with --headless: stay in the foreground until Ctrl-C (service managers, containers)")
     p.add_argument("--dry-run", action="store_true", help="print the llama-server command and exit")
     _sampling_flags(p)
     cli_sessions.add_session_flag(p)
@@ -81,6 +85,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
                    help="MiB of KV + weights kept resident while paging (config: kv_budget; default auto: "
                         "the memory cgroup's limit or MemAvailable, less private memory)")
     p.add_argument("--threads", type=int, help="CPU threads (config: threads; default auto)")
+    p.add_argument("--api-key", help="the server requires 'Authorization: Bearer KEY' (config: api_key); "
+                                     "chat, sessions and the workbench send it")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra llama-server argument (repeatable; use --server-arg=--flag)")
 
@@ -105,7 +111,13 @@ def _request(args: argparse.Namespace, *, dry_run: bool = False) -> LaunchReques
         raise DiskLLMError("--kv-prefetch must be >= 0 (MiB; 0 = off)")
     options = {k: getattr(args, k) for k in ("ctx", "host", "port", "kv_backend", "kv_window", "kv_prefetch",
                                              "kv_budget", "threads")}
-    return LaunchRequest(model=args.model, options=options, extra_args=list(args.server_arg),
+    cfg = load_config(Home.from_env())
+    key = getattr(args, "api_key", None) or cfg.api_key
+    extra = list(args.server_arg) + (["--api-key", key] if key else [])
+    if (args.host or cfg.host) not in ("127.0.0.1", "localhost", "::1") and not key:
+        say("warning: the server listens beyond loopback without an API key: anyone who can reach it "
+            "can use the model (set --api-key or api_key)")
+    return LaunchRequest(model=args.model, options=options, extra_args=extra,
                          session=getattr(args, "session", None), dry_run=dry_run)
 
 
@@ -149,6 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _, done = _launch(args, dry_run=True)
         print(shlex.join(done.argv))
         return 0
+    if args.headless and not args.foreground:
+        return _run_detached(args)
     _terminate_on_sigterm()
     home, done = _launch(args)
     server = done.server
@@ -170,6 +184,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 cli_sessions.final_save(done.opened.runner, done.opened.session)
         finally:
             asyncio.run(stop_server(server))
+    return 0
+
+
+def _run_detached(args: argparse.Namespace) -> int:
+    """Start the server (its own session and process group, log under logs/) and leave it running.
+
+    The session, if any, is restored (or created) before we return and recorded
+    as held by the server: `chat --no-start` continues it, `stop` saves it."""
+    home, done = _launch(args)
+    server = done.server
+    assert server is not None
+    if done.opened is not None:
+        hold(home, server.pid, done.opened.session.name)
+    e = server.entry
+    print(f"url: {e.base_url}\npid: {e.pid}\nlog: {e.log}", flush=True)
+    print(f"stop it with: diskllm stop {e.model}", flush=True)
     return 0
 
 
@@ -254,8 +284,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print("no servers running")
         return 0
 
+    async def save_then_stop(e: ServerEntry) -> None:
+        try:
+            saved = await save_held(home, e)
+            if saved:
+                say(f"session {saved[0]} saved ({saved[1].tokens} tokens)")
+        except DiskLLMError as err:
+            say(f"warning: session held by pid {e.pid} not saved: {err}")
+        await stop_server(e)
+        release(home, e.pid)
+
     async def stop_all() -> None:
-        await asyncio.gather(*(stop_server(e) for e in targets))
+        await asyncio.gather(*(save_then_stop(e) for e in targets))
     asyncio.run(stop_all())
     for e in targets:
         print(f"stopped {e.model} (pid {e.pid}, port {e.port})")

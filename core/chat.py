@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator
 import httpx
 
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.server import bearer
 
 
 CONTEXT_HINT = ("start a new session, or restart the server with a larger --ctx "
@@ -66,6 +67,7 @@ async def stream_chat(
     *,
     model: str = "default",
     client: httpx.AsyncClient | None = None,
+    api_key: str | None = None,
     **params: Any,
 ) -> AsyncIterator[ChatDelta | ChatDone]:
     """POST /v1/chat/completions with stream=True; yield text deltas, then one ChatDone.
@@ -79,7 +81,7 @@ async def stream_chat(
     client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
     done = ChatDone()
     try:
-        async with client.stream("POST", url, json=body) as resp:
+        async with client.stream("POST", url, json=body, headers=bearer(api_key)) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode("utf-8", errors="replace")
                 raise server_error(resp.status_code, text[:4000])

@@ -31,6 +31,10 @@ class Config:
     repack: str = "file"
     kv_budget: int | None = None  # MiB of KV + weights kept resident while paging; None = auto (cgroup / MemAvailable)
     server_binary: str | None = None
+    # `diskllm serve`: the Ollama API's address and its Bearer key (None = no key)
+    api_host: str = "127.0.0.1"
+    api_port: int = 11434
+    api_key: str | None = None
     # Sections owned by other modules ([registry], [keymap], ...), kept verbatim.
     extra: dict[str, Any] = field(default_factory=dict)
     # The env override must not leak into config.toml on save: remember both values.
@@ -55,6 +59,12 @@ def _check(cfg: Config, where: str) -> None:
         raise bad("kv_prefetch", f"must be an integer >= 0 (MiB; 0 = off), got {cfg.kv_prefetch!r}")
     if not 1 <= cfg.port <= 65535:
         raise bad("port", f"must be 1-65535, got {cfg.port}")
+    if not isinstance(cfg.api_port, int) or isinstance(cfg.api_port, bool) or not 1 <= cfg.api_port <= 65535:
+        raise bad("api_port", f"must be 1-65535, got {cfg.api_port!r}")
+    if not isinstance(cfg.api_host, str) or not cfg.api_host:
+        raise bad("api_host", "must be a non-empty string")
+    if cfg.api_key is not None and (not isinstance(cfg.api_key, str) or not cfg.api_key):
+        raise bad("api_key", "must be a non-empty string")
     if cfg.threads is not None and (
         not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads <= 0
     ):

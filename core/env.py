@@ -20,6 +20,9 @@ ENV: tuple[EnvVar, ...] = (
     EnvVar("DISKLLM_LLAMA_SERVER", "llama-server binary; overrides `server_binary`"),
     EnvVar("DISKLLM_BUILD_CACHE", "where built servers are cached (default `$DISKLLM_HOME/bin`)"),
     EnvVar("DISKLLM_TEST_MODELS", "test-model cache (default `~/.cache/diskllm/test-models`)"),
+    EnvVar("DISKLLM_API_HOST", "`diskllm serve` address, `host` or `host:port`; overrides `api_host`/`api_port`"),
+    EnvVar("DISKLLM_API_KEY", "Bearer key of `diskllm serve` (and the key clients send); overrides `api_key`"),
+    EnvVar("OLLAMA_HOST", "read like Ollama does when `DISKLLM_API_HOST` is unset: `[http://]host[:port]`"),
     EnvVar("DISKLLM_DEBUG=1", "tracebacks for unexpected errors"),
     EnvVar("DISKLLM_KV_PREFETCH_FORCE=1", "(read by llama-server) keep the read-ahead on although nothing is "
                                           "paged; benchmarks use it to measure its cost"),

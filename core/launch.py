@@ -1,6 +1,6 @@
 """One launch path for every front end: resolve -> pull -> build -> start -> session restore.
 
-The CLI's `run`/`chat`, the workbench's start worker (and a future daemon) call
+The CLI's `run`/`chat`, the workbench's start worker and `diskllm serve` call
 `launch` and render its events; none of them orchestrates the steps itself.
 Chatting, saving and stopping stay with the caller, which owns the lifetime."""
 from __future__ import annotations
@@ -67,7 +67,8 @@ class Launched:
 
 async def open_session(entry: ServerEntry | RunningServer, home: Home, name: str) -> SessionOpened:
     """Restore (or create) session `name` in slot 0 of a running server."""
-    runner = SessionRunner(entry.base_url, SessionStore(home), ModelInfo.from_entry(entry, home))
+    runner = SessionRunner(entry.base_url, SessionStore(home), ModelInfo.from_entry(entry, home),
+                           api_key=(entry.entry if isinstance(entry, RunningServer) else entry).api_key)
     session, report = await runner.open(name)
     return SessionOpened(runner, session, report)
 

@@ -106,6 +106,11 @@ class ServerEntry:
     def openai_base_url(self) -> str:
         return self.base_url + "/v1"
 
+    @property
+    def api_key(self) -> str | None:
+        """The key the server was started with (`run --api-key`): clients must send it."""
+        return key_in_argv(self.argv)
+
 
 @dataclass
 class RunningServer:
@@ -119,6 +124,18 @@ class RunningServer:
     @property
     def base_url(self) -> str:
         return self.entry.base_url
+
+
+def key_in_argv(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv[:-1]):
+        if a == "--api-key":
+            return argv[i + 1]
+    return None
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """Request headers for a server that wants a key (none without one)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _connect_host(host: str) -> str:

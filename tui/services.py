@@ -275,7 +275,7 @@ def switched_event(report: Any, session: Any) -> m.SessionSwitched:
 
 async def session_runner(home: Home, entry: ServerEntry) -> SessionRunner:
     info = await asyncio.to_thread(ModelInfo.from_entry, entry, home)
-    return SessionRunner(entry.base_url, SessionStore(home), info)
+    return SessionRunner(entry.base_url, SessionStore(home), info, api_key=entry.api_key)
 
 
 async def switch_session(runner: SessionRunner, active: Session | None, name: str, *,

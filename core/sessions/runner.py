@@ -15,6 +15,7 @@ import httpx
 from diskllm.core.chat import ChatDelta, ChatDone, ContextFull, server_error, stream_chat
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.hashing import sha256_file
+from diskllm.core.server import bearer
 from diskllm.core.sessions.errors import SessionContextFull, SessionError, SessionMismatch
 from diskllm.core.sessions.identity import ModelInfo, check_compatible
 from diskllm.core.sessions.locks import SessionLock, SlotLock
@@ -29,13 +30,16 @@ class SessionRunner:
     home.sessions, the store's root: the default)."""
 
     def __init__(self, base_url: str, store: SessionStore, model_info: ModelInfo, *,
-                 slot_id: int = 0, slot_dir: Path | None = None, autosave: bool = True):
+                 slot_id: int = 0, slot_dir: Path | None = None, autosave: bool = True,
+                 api_key: str | None = None):
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.store = store
         self.model_info = model_info
         self.slot_id = slot_id
         self.slot_dir = Path(slot_dir) if slot_dir else store.root
         self.autosave = autosave
+        self.api_key = api_key  # the server's `--api-key`, sent as a Bearer token
+        self._headers = bearer(api_key)
         self._lock = asyncio.Lock()
         self._pending: dict[str, int] = {}  # session name -> tokens restored, awaiting a reuse check
         self._slot = SlotLock(store.home.run, self.base_url, slot_id)
@@ -63,7 +67,7 @@ class SessionRunner:
     async def _slot_action(self, action: str, body: dict | None = None) -> dict:
         url = f"{self.base_url}/slots/{self.slot_id}?action={action}"
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as c:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), headers=self._headers) as c:
                 r = await c.post(url, json=body or {})
         except httpx.TransportError as e:
             raise SessionError(f"slot {action} failed: cannot reach {self.base_url}: {e}") from None
@@ -186,7 +190,7 @@ class SessionRunner:
         if not msgs:
             return ReuseReport(0, 0, restored, 0.0)
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as c:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), headers=self._headers) as c:
                 r = await c.post(f"{self.base_url}/apply-template", json={"messages": msgs})
                 r.raise_for_status()
                 prompt = r.json()["prompt"]
@@ -275,7 +279,7 @@ class SessionRunner:
         async with self._lock, self._slot.hold(self._user(session.name)) as use:
             if use.foreign:  # another session used the slot since our last turn: our KV back first
                 await self._reload(session)
-            async for ev in stream_chat(self.base_url, msgs, **params):
+            async for ev in stream_chat(self.base_url, msgs, api_key=self.api_key, **params):
                 if isinstance(ev, ChatDelta):
                     reply.append(ev.text)
                     yield ev

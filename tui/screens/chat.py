@@ -151,7 +151,7 @@ class ChatScreen(PaneScreen):
                 answer, reasoning = await services.consume_chat(source, e.ctx, self.ctx_used, self.post_message)
             else:
                 msgs = self.history + [{"role": "user", "content": text}]
-                source = services.stream_chat(e.base_url, msgs, **params)
+                source = services.stream_chat(e.base_url, msgs, api_key=e.api_key, **params)
                 answer, reasoning = await services.consume_chat(source, e.ctx, self.ctx_used, self.post_message)
         except DiskLLMError as err:
             self.post_message(m.ChatFinished("".join(self.reply_parts), error=str(err)))
