@@ -32,7 +32,7 @@ from diskllm.bench.kv_backend import Bench, Say, binaries, emit, measure_interle
 from diskllm.bench.machine import describe, drop_file_cache
 from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, repacked_bytes
 
-VARIANTS = ("stock", "ram", "ssd", "ssd-no-repack")
+VARIANTS = ("stock", "ram", "ssd", "ssd-repack-cache")
 CAP_BYTES = int(2.5e9)
 
 
@@ -40,9 +40,9 @@ def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
     """(backend, extra flags) of a variant."""
     if variant == "stock":
         return "stock", []
-    if variant == "ssd-no-repack":
-        return "ssd", ["--no-repack"]
-    return variant, ["--repack-cache", str(cache)]
+    if variant == "ssd-repack-cache":
+        return "ssd", ["--repack-cache", str(cache)]
+    return variant, ["--no-repack"]  # what diskllm run passes by default (repack = "off")
 
 
 def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = False, *,
@@ -72,10 +72,10 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
                      extra=extra, label=variant, **kw)
 
     try:
-        # One server writes the repack cache first, so the timed servers all map it
+        # One server writes the repack cache first, so the timed server maps it
         # (a first start repacks and writes it: that cost is reported on its own).
         say(f"writing the repack cache {cache.name}")
-        first = bench("ram", ctxs[0])
+        first = bench("ssd-repack-cache", ctxs[0])
         first.start()
         rows.append({"kind": "repack-first-start", **first.finish()})
         for ctx in ctxs:
@@ -137,7 +137,7 @@ def table(rows: list[dict]) -> str:
             out.append(f"| {v} | {_f(r.get('load_seconds'), '.0f')} | {_f(r.get('prefill_tps'))} | {_f(r.get('decode_tps'), '.2f')} "
                        f"| {_mb(r.get('rss_anon'))} | {_mb(r.get('rss_file'))} | {_mb(r.get('vm_hwm'))} | {_mb(r.get('kv_disk'))} |")
         stock = be.get("stock", {})
-        for v in ("ssd", "ssd-no-repack"):
+        for v in ("ssd", "ssd-repack-cache"):
             r = be.get(v, {})
             if r.get("answered") and stock.get("answered"):
                 out.append(f"| **{v}/stock** | | {_ratio(r.get('prefill_tps'), stock.get('prefill_tps'))} "

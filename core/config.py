@@ -13,9 +13,10 @@ from diskllm.core.errors import DiskLLMError
 from diskllm.core.paths import Home
 
 KV_BACKENDS = ("ssd", "ram")
-# Where the CPU backend's repacked weights live (core/models/repack.py): "file" = the
-# repack cache (page cache, not private RAM), "off" = no repacking, "ram" = upstream's
-# anonymous copy (the whole model in private RAM for Q4_K_M).
+# Where the CPU backend's repacked weights live (core/models/repack.py): "off" = no
+# repacking (the default: measured no faster here, docs/how-it-works.md), "file" = the
+# repack cache (page cache, not private RAM), "ram" = upstream's anonymous copy (the
+# whole model in private RAM for Q4_K_M).
 REPACK_MODES = ("file", "off", "ram")
 
 
@@ -28,7 +29,7 @@ class Config:
     kv_prefetch: int = 8  # MiB read ahead of compute once the KV no longer fits in RAM; 0 = off
     threads: int | None = None  # None = let llama-server choose
     kv_backend: str = "ssd"
-    repack: str = "file"
+    repack: str = "off"
     kv_budget: int | None = None  # MiB of KV + weights kept resident while paging; None = auto (cgroup / MemAvailable)
     server_binary: str | None = None
     # `diskllm serve`: the Ollama API's address and its Bearer key (None = no key)

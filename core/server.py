@@ -44,7 +44,7 @@ class ServerOptions:
     kv_backend: str = "ssd"
     kv_window: int = 256
     kv_prefetch: int = 8
-    repack: str = "file"  # config.REPACK_MODES
+    repack: str = "off"  # config.REPACK_MODES
     kv_budget: int | None = None  # MiB resident while paging; None = the server's auto budget
     threads: int | None = None
     extra_args: list[str] = field(default_factory=list)

@@ -58,7 +58,7 @@ class ModelsLoaded(Event):
     installed: list[ModelRow]
     available: list[RegistryRow]      # registry names not installed yet
     default_ctx: int = 4096
-    repack: str = "file"              # config `repack`: where repacked weights live
+    repack: str = "off"              # config `repack`: where repacked weights live
 
 
 @dataclass

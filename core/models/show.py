@@ -3,9 +3,9 @@
 Memory model (also in docs/models.md). llama.cpp mmaps the weights in both backends,
 so weights count as file-backed page cache (evictable, shared), not private RAM, except
 the copy the CPU backend repacks for its faster kernels (Q4_0/Q4_K/IQ4_NL/MXFP4 on x86
-AVX2: nearly all of a Q4_K_M model). With config `repack = "file"` (the default) that
-copy lives in the repack cache file, file-backed too; `"off"` skips it; `"ram"`
-(upstream) keeps it in private RAM:
+AVX2: nearly all of a Q4_K_M model). Config `repack = "off"` (the default) skips that
+copy; `"file"` keeps it in the repack cache file, file-backed too; `"ram"` (upstream)
+keeps it in private RAM:
 - ram backend: private RAM ~= KV(ctx) + compute buffers; resident ~= weights + KV(ctx) + compute.
 - ssd backend: private RAM ~= compute buffers; weights and KV(ctx) are file-backed mappings
   the kernel can evict under pressure; on disk the KV file grows with the tokens used,
@@ -30,7 +30,7 @@ class MemoryEstimate:
     kv: int                 # f16 KV bytes at ctx
     kv_swa: int             # part of kv held by sliding-window layers
     repacked: int = 0       # weights this CPU's backend repacks (core.models.repack)
-    repack: str = "file"    # config.REPACK_MODES: where that copy lives
+    repack: str = "off"    # config.REPACK_MODES: where that copy lives
 
     @property
     def weights_private(self) -> int:
@@ -54,7 +54,7 @@ class MemoryEstimate:
         return self.weights + self.kv
 
 
-def estimate_memory(info: GGUFInfo, ctx: int, weights: int | None = None, repack: str = "file") -> MemoryEstimate:
+def estimate_memory(info: GGUFInfo, ctx: int, weights: int | None = None, repack: str = "off") -> MemoryEstimate:
     swa, full = info.kv_bytes_split(ctx)
     return MemoryEstimate(ctx, info.file_size if weights is None else weights, swa + full, swa,
                           repacked_bytes(info), repack)
@@ -67,7 +67,7 @@ def weights_text(e: MemoryEstimate) -> str:
         return mapped
     copy = human_bytes(e.repacked)
     return {"file": f"{mapped}; {copy} repacked into the repack cache (file-backed)",
-            "off": f"{mapped}; {copy} not repacked (repack = \"off\": slower kernels)",
+            "off": f"{mapped}; {copy} left unrepacked (repack = \"off\"): nothing private",
             "ram": f"{mapped}; {copy} repacked into PRIVATE RAM (repack = \"ram\")"}[e.repack]
 
 
@@ -87,7 +87,7 @@ def _heads(v: int | list[int]) -> str:
     return str(v)
 
 
-def describe(info: GGUFInfo, ctx: int, weights: int | None = None, repack: str = "file") -> list[tuple[str, str]]:
+def describe(info: GGUFInfo, ctx: int, weights: int | None = None, repack: str = "off") -> list[tuple[str, str]]:
     """(label, value) rows for `diskllm show`, figures straight from the header."""
     rows = [
         ("architecture", info.arch),

@@ -39,7 +39,8 @@ def test_estimates_put_the_repacked_copy_where_the_mode_says(gemma3_path: Path):
     rows = dict(describe(info, 4096, repack="ram"))
     assert "PRIVATE RAM" in rows["weights"] and "repacked weights" in rows["ssd backend"]
     if copy:  # on a CPU whose backend repacks Q4_K
-        assert "repack cache (file-backed)" in dict(describe(info, 4096))["weights"]
+        assert "repack cache (file-backed)" in dict(describe(info, 4096, repack="file"))["weights"]
+        assert "nothing private" in dict(describe(info, 4096))["weights"]  # the default: off
 
 
 def test_show_reports_the_repack_cache(home: Home, gemma3_path: Path):
@@ -54,7 +55,8 @@ def test_repack_setting_reaches_the_server_flags(home: Home, tmp_path: Path, gem
     binary.chmod(0o755)
     def argv(**kw) -> list[str]:
         return build_argv(home, ServerOptions(model_path=gemma3_path, kv_backend="ram", **kw), binary)
-    assert "--no-repack" in argv()                    # file mode on a binary without the cache
+    assert "--no-repack" in argv()                    # the default
+    assert "--no-repack" in argv(repack="file")       # file mode on a binary without the cache
     assert "--no-repack" in argv(repack="off")
     assert not {"--no-repack", "--repack-cache"} & set(argv(repack="ram"))
     assert argv(extra_args=["--repack"]).count("--no-repack") == 0  # the user's own flag wins

@@ -74,7 +74,7 @@ class StartServerScreen(Dialog):
         Binding("ctrl+s", "submit", "Start", id="dialog.start"),
     ]
 
-    def __init__(self, model: str, info: GGUFInfo | None, ctx: int, backend: str, repack: str = "file") -> None:
+    def __init__(self, model: str, info: GGUFInfo | None, ctx: int, backend: str, repack: str = "off") -> None:
         super().__init__()
         self.model, self.info, self.ctx, self.backend, self.repack = model, info, ctx, backend, repack
 
