@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diskllm.bench.kv_backend import Bench, Say, binaries, emit, measure_interleaved, setup
+from diskllm.bench.kv_backend import Bench, Say, _f, _mb, _ratio, binaries, emit, measure_interleaved, setup
 from diskllm.bench.machine import describe, drop_file_cache
 from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, repacked_bytes
 
@@ -102,18 +102,6 @@ def repack_cache_path_for(work: Path, model: Path, binary: Path) -> Path:
     home = Home(work)
     ensure_private_dir(home.repack)
     return repack_cache_path(home, model, binary)
-
-
-def _mb(v: Any) -> str:
-    return "-" if v is None else f"{v / 1e6:.0f}"
-
-
-def _f(v: Any, spec: str = ".1f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _ratio(a: Any, b: Any) -> str:
-    return "-" if not a or not b else f"{a / b:.2f}"
 
 
 def table(rows: list[dict]) -> str:
