@@ -30,7 +30,7 @@ from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.server import (ServerOptions, build_argv, kv_files, kv_mapping_resident, memory_of,
                                  stop_server)
-from diskllm.core.synthmodels import synthesize_hybrid
+from diskllm.testing.synth import synthesize_hybrid
 from test_kv_backend import LONG_PROMPT, _complete, _start
 
 # ~2,600 tokens: with SmolLM2 that is ~60 MB of KV beside 98 MB of weights
