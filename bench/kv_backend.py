@@ -43,7 +43,7 @@ from diskllm.core.server import kv_disk_bytes, kv_mapping_resident, memory_of
 
 Say = Callable[[str], None]
 
-MODELS = ("smollm2", "gemma3", "qwen7b-geom", "hybrid")
+MODELS = ("smollm2", "gemma3", "qwen7b-geom", "hybrid", "qwen7b-full", "qwen7b-full-2l")
 BACKENDS = ("stock", "ram", "ssd")
 KV_WINDOW = 256  # what `diskllm run` passes by default (core.server.ServerOptions)
 
@@ -61,6 +61,9 @@ def resolve_model(name: str) -> Path:
     if name == "hybrid":
         from diskllm.testing.synth import synthesize_hybrid
         return synthesize_hybrid()
+    if name in ("qwen7b-full", "qwen7b-full-2l"):  # Qwen2.5-7B's full matrices in Q4_K (3.9 GB; 2 layers 0.46 GB)
+        from diskllm.testing.synth import synthesize_qwen7b_full
+        return synthesize_qwen7b_full(2 if name.endswith("-2l") else 28)
     p = Path(name).expanduser()
     if p.is_file():
         return p
