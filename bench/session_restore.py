@@ -131,7 +131,9 @@ async def measure(model: str, tokens_list: list[int], *, threads: int = 2, kv_ba
                     if store.exists(name):
                         store.delete(name)
                     s = store.create(name, runner.model_info, messages=msgs)
-                    save = await runner.save(s)
+                    # the slot holds the prefill just made, outside the runner's turns: save it as is
+                    # (save() would see a slot last used by someone else and keep no KV)
+                    save = await runner._save(s)
                     warm, cold, server_ms = [], [], []
                     reuse = None
                     for rep_i in range(3):
