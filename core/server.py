@@ -354,9 +354,27 @@ def list_servers(home: Home) -> list[ServerEntry]:
         entry = _load_entry(path)
         if entry is None or not _is_alive(entry):
             path.unlink(missing_ok=True)
+            if entry is not None:
+                remove_slot_locks(home.run, entry.base_url)
             continue
         out.append(entry)
     return sorted(out, key=lambda e: e.started_at)
+
+
+def _server_key(base_url: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", base_url.split("://", 1)[-1]).strip("_")
+
+
+def slot_lock_path(run_dir: Path, base_url: str, slot_id: int) -> Path:
+    """run/slot-HOST_PORT-SLOT.lock: held while a client uses the slot (core.sessions.locks)."""
+    return run_dir / f"slot-{_server_key(base_url)}-{slot_id}.lock"
+
+
+def remove_slot_locks(run_dir: Path, base_url: str) -> None:
+    """Forget a stopped server's slots: a new server on the same port starts with empty
+    slots, so "who used it last" must not carry over (and run/ is left clean)."""
+    for path in run_dir.glob(f"slot-{_server_key(base_url)}-*.lock"):
+        path.unlink(missing_ok=True)
 
 
 def _entry_file(entry: ServerEntry) -> Path:
@@ -392,6 +410,7 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=5)
         _entry_file(entry).unlink(missing_ok=True)
+        remove_slot_locks(_entry_file(entry).parent, entry.base_url)
 
 
 # --- memory ---------------------------------------------------------------

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from diskllm.core.server import slot_lock_path
 from diskllm.core.sessions.errors import SessionBusy
 
 
@@ -84,8 +84,7 @@ class SlotLock:
     """flock on run/slot-HOST-PORT-SLOT.lock; the file also says who used the slot last."""
 
     def __init__(self, run_dir: Path, base_url: str, slot_id: int):
-        key = re.sub(r"[^A-Za-z0-9.]+", "_", base_url.split("://", 1)[-1]).strip("_")
-        self.path = run_dir / f"slot-{key}-{slot_id}.lock"
+        self.path = slot_lock_path(run_dir, base_url, slot_id)
 
     @contextlib.asynccontextmanager
     async def hold(self, user: str) -> AsyncIterator["SlotUse"]:

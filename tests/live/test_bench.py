@@ -19,7 +19,7 @@ def test_quick_suite_runs_and_renders(tmp_path: Path, server_binary: Path, build
                        cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = Results.from_json(raw.read_text())
-    assert {run["config"]["section"] for run in res.runs} == {"backends", "quant", "caps", "paging"}
+    assert {run["config"]["section"] for run in res.runs} == {"backends", "quant", "caps", "paging", "repack"}
     for run in res.runs:
         assert not [row for row in run["rows"] if row.get("kind") == "error"], run
 
@@ -33,6 +33,12 @@ def test_quick_suite_runs_and_renders(tmp_path: Path, server_binary: Path, build
     capped = {row["backend"]: row for row in caps["rows"] if row.get("kind") == "cap"}
     if "skipped" not in str(capped["ssd"].get("error", "")):
         assert capped["ssd"]["answered"] and not capped["stock"]["answered"], capped
+
+    # the 2-layer Q4_K 7B: upstream's repacked copy is private RAM, ours stays file-backed
+    repack = next(run for run in res.runs if run["config"]["section"] == "repack")
+    rp = {row["variant"]: row for row in repack["rows"] if row.get("kind") == "repack"}
+    assert all(row["answered"] for row in rp.values()), rp
+    assert rp["ssd-repack-cache"]["rss_anon"] < rp["stock"]["rss_anon"] / 2, rp
 
     paging = next(run for run in res.runs if run["config"]["section"] == "paging")
     assert any(row.get("kind") == "disk" and row["seq_read_Bps"] > 0 for row in paging["rows"])
