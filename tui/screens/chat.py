@@ -14,7 +14,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Collapsible, Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
-from diskllm.core.chat import split_think
+from diskllm.core.chat import split_think, stream_chat
 from diskllm.core.errors import DiskLLMError
 
 from .. import messages as m
@@ -151,7 +151,7 @@ class ChatScreen(PaneScreen):
                 answer, reasoning = await services.consume_chat(source, e.ctx, self.ctx_used, self.post_message)
             else:
                 msgs = self.history + [{"role": "user", "content": text}]
-                source = services.stream_chat(e.base_url, msgs, api_key=e.api_key, **params)
+                source = stream_chat(e.base_url, msgs, api_key=e.api_key, **params)
                 answer, reasoning = await services.consume_chat(source, e.ctx, self.ctx_used, self.post_message)
         except DiskLLMError as err:
             self.post_message(m.ChatFinished("".join(self.reply_parts), error=str(err)))
