@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, Callable
 
 import httpx
@@ -260,21 +262,23 @@ async def start_server(
 ) -> RunningServer:
     """Start llama-server, wait until /health says 200, register it."""
     home.ensure()
-    port = pick_port(opts.host, opts.port, opts.port_explicit)
-    argv = build_argv(home, opts, binary, port)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = home.logs / f"server-{_safe_name(opts.name)}-{port}-{stamp}.log"
-    if progress:
-        progress(f"starting llama-server on {opts.host}:{port} (log: {log_path})")
-    # the log can hold prompts (verbose servers): owner-only, like sessions
-    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
-        try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in our terminal must not hit it directly
-            )
-        except OSError as e:
-            raise DiskLLMError(f"cannot start {binary}: {e.strerror}") from None
+    async with _port_claim(home.run):
+        port = pick_port(opts.host, opts.port, opts.port_explicit)
+        argv = build_argv(home, opts, binary, port)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log_path = home.logs / f"server-{_safe_name(opts.name)}-{port}-{stamp}.log"
+        if progress:
+            progress(f"starting llama-server on {opts.host}:{port} (log: {log_path})")
+        # the log can hold prompts (verbose servers): owner-only, like sessions
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C in our terminal must not hit it directly
+                )
+            except OSError as e:
+                raise DiskLLMError(f"cannot start {binary}: {e.strerror}") from None
+        await _wait_bound(proc, opts.host, port)
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
@@ -293,6 +297,35 @@ async def start_server(
         raise
     atomic_write_text(home.run / f"{proc.pid}.json", json.dumps(asdict(entry), indent=2))
     return server
+
+
+@contextlib.asynccontextmanager
+async def _port_claim(run_dir: Path) -> AsyncIterator[None]:
+    """flock on run/port.lock from picking a port until the new server has bound it: two
+    servers started at once (the daemon loading two models, `run` beside the daemon) would
+    otherwise both find the same port free and share it. Polled, so it stays cancellable."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / "port.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+async def _wait_bound(proc: subprocess.Popen, host: str, port: int, timeout: float = 30.0) -> None:
+    """Until the server listens (llama-server binds before it loads the model), exits, or
+    `timeout` passes; a server that never binds is reported by the health wait."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if not port_is_free(host, port):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _wait_healthy(server: RunningServer, log_path: Path, timeout: float, progress: Progress | None) -> None:
@@ -328,7 +361,10 @@ def _kill_now(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def _is_alive(entry: ServerEntry) -> bool:
+def is_alive(entry: ServerEntry) -> bool:
+    """The process runs: not gone, not a zombie, not a reused pid. A zombie counts as dead
+    at once: after SIGKILL the main thread is a zombie while the other threads still unmap
+    their memory, and waitpid() reports the exit only when they are done."""
     try:
         p = psutil.Process(entry.pid)
         if entry.create_time and abs(p.create_time() - entry.create_time) > 1.0:
@@ -352,7 +388,7 @@ def list_servers(home: Home) -> list[ServerEntry]:
         return out
     for path in sorted(home.run.glob("*.json")):
         entry = _load_entry(path)
-        if entry is None or not _is_alive(entry):
+        if entry is None or not is_alive(entry):
             path.unlink(missing_ok=True)
             if entry is not None:
                 remove_slot_locks(home.run, entry.base_url)
@@ -391,15 +427,15 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
     # entry to mean "stopped on purpose", not "crashed".
     _entry_file(entry).unlink(missing_ok=True)
     try:
-        if _is_alive(entry):
+        if is_alive(entry):
             proc = psutil.Process(entry.pid)
             proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _is_alive(entry):
+            while time.monotonic() < deadline and is_alive(entry):
                 await asyncio.sleep(0.1)
-            if _is_alive(entry):
+            if is_alive(entry):
                 proc.send_signal(signal.SIGKILL)
-                while _is_alive(entry):
+                while is_alive(entry):
                     await asyncio.sleep(0.05)
     except psutil.NoSuchProcess:
         pass

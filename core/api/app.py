@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from diskllm.core.api.embed import embed, embed_inputs
 from diskllm.core.api.manager import Loaded, LoadFailed, ModelManager, UnknownModel
 from diskllm.core.api.pulling import pull_progress
 from diskllm.core.api.settings import ApiSettings, parse_keep_alive
@@ -116,6 +118,7 @@ class Api:
             Route("/v1/models", self.openai_models, methods=["GET"]),
             Route("/v1/chat/completions", self.openai_proxy, methods=["POST"]),
             Route("/v1/completions", self.openai_proxy, methods=["POST"]),
+            Route("/v1/embeddings", self.openai_proxy, methods=["POST"]),
         ]
 
     # --- models --------------------------------------------------------------
@@ -129,9 +132,11 @@ class Api:
         return JSONResponse({"models": [tag_entry(m) for m in ModelIndex(self.home).all()]})
 
     async def ps(self, request: Request) -> Response:  # noqa: ARG002
-        rows = []
-        for x in self.models.loaded.values():
-            if x.alive:
+        rows, seen = [], set()
+        # a model with a generation and an embedding server is one row, as in Ollama
+        for x in sorted(self.models.loaded.values(), key=lambda x: x.embed):
+            if x.alive and x.model.name not in seen:
+                seen.add(x.model.name)
                 e = tag_entry(x.model)
                 rows.append({**e, "expires_at": x.expires_at, "size_vram": 0, "context_length": x.ctx})
         return JSONResponse({"models": rows})
@@ -155,8 +160,30 @@ class Api:
             pass
         return _error(500, last["error"]) if "error" in last else JSONResponse({"status": "success"})
 
-    async def embed(self, request: Request) -> Response:  # noqa: ARG002
-        return _error(501, "embeddings are not supported by diskllm serve yet")
+    async def embed(self, request: Request) -> Response:
+        """/api/embed (normalized vectors, Ollama's default) and the older /api/embeddings
+        (one raw vector), on the model's embedding server."""
+        legacy = request.url.path == "/api/embeddings"
+        body = await _json(request)
+        name = _model_name(body)
+        texts = embed_inputs(body, legacy)
+        truncate = body.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise BadRequest("truncate must be true or false")
+        keep = parse_keep_alive(body.get("keep_alive"), self.settings.keep_alive)
+        timer = Timer()
+        loaded, timer.load_seconds = await self.models.acquire(name, num_ctx(body), embed=True)
+        try:
+            out = await embed(loaded.http, loaded.server.base_url, texts, ctx=loaded.ctx, truncate=truncate,
+                              normalize=not legacy)
+        finally:
+            self.models.release(loaded, keep)
+        if legacy:
+            return JSONResponse({"embedding": out.vectors[0]})
+        return JSONResponse({"model": name, "embeddings": out.vectors,
+                             "total_duration": int((time.monotonic() - timer.t0) * 1e9),
+                             "load_duration": int(timer.load_seconds * 1e9),
+                             "prompt_eval_count": out.prompt_tokens})
 
     # --- generation ------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
@@ -229,7 +256,8 @@ class Api:
     async def openai_proxy(self, request: Request) -> Response:
         """Routed by `model` to that model's llama-server, streamed through as it comes."""
         body = await _json(request)
-        loaded, _ = await self.models.acquire(_model_name(body), None)
+        embeddings = request.url.path == "/v1/embeddings"
+        loaded, _ = await self.models.acquire(_model_name(body), None, embed=embeddings)
         try:
             req = loaded.http.build_request("POST", loaded.server.base_url + request.url.path, json=body)
             resp = await loaded.http.send(req, stream=True)

@@ -13,11 +13,16 @@ from datetime import datetime, timezone
 import httpx
 import psutil
 
+from diskllm.core.api.embed import DEFAULT_EMBED_CTX, embed_server_args
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.launch import LaunchRequest, launch
 from diskllm.core.models.index import InstalledModel, ModelIndex
 from diskllm.core.paths import Home
-from diskllm.core.server import RunningServer, stop_server
+from diskllm.core.server import RunningServer, is_alive, stop_server
+
+
+def _key(model: str, embed: bool) -> str:
+    return f"{model} (embeddings)" if embed else model
 
 
 class UnknownModel(DiskLLMError):
@@ -37,6 +42,7 @@ class Loaded:
     # Its own connection pool: a reloaded server may get the same port, and a pooled
     # connection to the dead one would fail the first request after the reload.
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)))
+    embed: bool = False                      # an --embeddings server (core.api.embed)
     busy: int = 0
     expires: float = float("inf")            # time.time() after which an idle server stops
     last_used: float = field(default_factory=time.time)
@@ -44,7 +50,7 @@ class Loaded:
     @property
     def alive(self) -> bool:
         proc = self.server.process
-        return proc is not None and proc.poll() is None
+        return proc is not None and proc.poll() is None and is_alive(self.server.entry)
 
     @property
     def expires_at(self) -> str:
@@ -79,21 +85,23 @@ class ModelManager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(self._stop(n) for n in list(self.loaded)))
 
-    async def acquire(self, name: str, num_ctx: int | None = None) -> tuple[Loaded, float]:
-        """The running server for `name`, marked busy until release(), and the seconds
-        this call spent loading it (0 when it was loaded already)."""
+    async def acquire(self, name: str, num_ctx: int | None = None, *,
+                      embed: bool = False) -> tuple[Loaded, float]:
+        """The running server for `name` (its embedding server with `embed`), marked busy
+        until release(), and the seconds this call spent loading it (0 when it was loaded)."""
         model = self.model(name)
-        lock = self._locks.setdefault(model.name, asyncio.Lock())
+        key = _key(model.name, embed)
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            cur = self.loaded.get(model.name)
+            cur = self.loaded.get(key)
             if cur is not None and (not cur.alive or (num_ctx and num_ctx != cur.ctx)):
-                await self._stop(model.name)  # crashed or killed, or another context size
+                await self._stop(key)  # crashed or killed, or another context size
                 cur = None
             spent = 0.0
             if cur is None:
                 await self._make_room(model)
-                cur = await self._load(model, num_ctx)
-                self.loaded[model.name] = cur
+                cur = await self._load(model, num_ctx, embed)
+                self.loaded[key] = cur
                 spent = cur.load_seconds
             cur.busy += 1
             cur.last_used = time.time()
@@ -112,21 +120,29 @@ class ModelManager:
             task.add_done_callback(self._tasks.discard)
 
     async def unload(self, name: str) -> bool:
-        key = self.model(name).name
-        if key not in self.loaded:
-            return False
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            await self._stop(key)
-        return True
+        """Stop the model's servers (generation and embedding); False if none ran."""
+        model = self.model(name).name
+        found = False
+        for key in (_key(model, False), _key(model, True)):
+            if key in self.loaded:
+                found = True
+                async with self._locks.setdefault(key, asyncio.Lock()):
+                    await self._stop(key)
+        return found
 
-    async def _load(self, model: InstalledModel, num_ctx: int | None) -> Loaded:
+    async def _load(self, model: InstalledModel, num_ctx: int | None, embed: bool = False) -> Loaded:
         t0 = time.monotonic()
+        extra: list[str] = []
+        if embed:
+            num_ctx = num_ctx or DEFAULT_EMBED_CTX
+            extra = embed_server_args(str(model.path), num_ctx)
         try:
-            done = await launch(self.home, LaunchRequest(model=model.name, options={"ctx": num_ctx}))
+            done = await launch(self.home, LaunchRequest(model=model.name, options={"ctx": num_ctx},
+                                                         extra_args=extra))
         except DiskLLMError as e:
             raise LoadFailed(f"cannot load {model.name}: {e}") from None
         assert done.server is not None
-        return Loaded(model, done.server, done.options.ctx, time.monotonic() - t0)
+        return Loaded(model, done.server, done.options.ctx, time.monotonic() - t0, embed=embed)
 
     async def _make_room(self, model: InstalledModel) -> None:
         """Stop the least recently used idle servers until `model` fits the budget."""

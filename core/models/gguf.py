@@ -68,6 +68,7 @@ class GGUFInfo:
     swa_layers: list[bool] = field(default_factory=list)  # True = sliding-window layer
     has_chat_template: bool = False
     tensors: list[TensorInfo] = field(default_factory=list)
+    pooling_type: int | None = None  # {arch}.pooling_type: set by embedding models
 
     def _heads_kv(self, il: int) -> int:
         h = self.n_head_kv
@@ -283,6 +284,7 @@ def _parse(path: Path, buf: mmap.mmap | bytes, size: int) -> GGUFInfo:
         swa_layers=swa_layers,
         has_chat_template="tokenizer.chat_template" in meta,
         tensors=infos,
+        pooling_type=hp("pooling_type"),
     )
 
 

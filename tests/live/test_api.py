@@ -4,6 +4,7 @@ One daemon for the module (models are pulled through the local registry);
 tests run in file order and build on each other's pulls."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -20,6 +21,8 @@ import pytest
 from conftest import free_port
 from localreg import local_registry, registry_config
 
+from diskllm.core.models.gguf import read_gguf_info
+from diskllm.core.models.index import ModelIndex
 from diskllm.core.paths import Home
 from diskllm.core.server import kv_files, list_servers
 
@@ -236,3 +239,45 @@ def test_load_failure_is_500_with_the_logs_first_error(daemon, client, smollm2_p
         client.generate(model="broken:1b", prompt="Hi")
     assert e.value.status_code == 500 and "cannot load broken:1b" in e.value.error
     assert "llama-server exited at start" in e.value.error and "llamx" in e.value.error
+
+
+def _norm(v: list[float]) -> float:
+    return math.sqrt(sum(x * x for x in v))
+
+
+def _close(a: list[float], b: list[float], tol: float = 1e-3) -> bool:
+    return len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < tol
+
+
+def test_embeddings_from_ollama_and_openai_clients(daemon, client):
+    """/api/embed, /api/embeddings and /v1/embeddings on an --embeddings server of the model;
+    its generation server is not restarted for it, and `ps` keeps one row per model."""
+    client.pull(SMOL)
+    client.generate(model=SMOL, prompt="Hi", options={"num_predict": 2})
+    gen_pid = {e.model: e.pid for e in list_servers(daemon.home) if "--embeddings" not in e.argv}[SMOL]
+    texts = ["The sky is blue today.", "Cats purr when they are happy."]
+    r = client.embed(model=SMOL, input=texts)
+    n_embd = read_gguf_info(ModelIndex(daemon.home).get(SMOL).path).n_embd
+    assert len(r.embeddings) == 2 and all(len(v) == n_embd for v in r.embeddings)
+    assert all(abs(_norm(v) - 1.0) < 1e-3 for v in r.embeddings)  # normalized, as Ollama's
+    assert not _close(r.embeddings[0], r.embeddings[1]) and r.prompt_eval_count > 0
+    one = client.embed(model=SMOL, input=texts[0]).embeddings[0]
+    assert _close(one, r.embeddings[0])                              # batching does not change it
+    raw = client.embeddings(model=SMOL, prompt=texts[0]).embedding   # the older route: not normalized
+    assert abs(_norm(raw) - 1.0) > 1e-3 and _close([x / _norm(raw) for x in raw], one)
+    oai = openai.OpenAI(base_url=daemon.url + "/v1", api_key="none").embeddings.create(model=SMOL, input=texts[0])
+    assert _close(oai.data[0].embedding, one)
+
+    servers = list_servers(daemon.home)
+    assert [e.pid for e in servers if e.model == SMOL and "--embeddings" not in e.argv] == [gen_pid]
+    assert [m.model for m in client.ps().models].count(SMOL) == 1
+
+    with pytest.raises(ollama.ResponseError) as e:
+        client.embed(model=SMOL, input="word " * 3000, truncate=False)
+    assert e.value.status_code == 400 and "more than the context length" in e.value.error
+    assert len(client.embed(model=SMOL, input="word " * 3000).embeddings[0]) == n_embd  # cut to fit
+    with pytest.raises(ollama.ResponseError) as e:
+        client.embed(model=SMOL, input=[])
+    assert e.value.status_code == 400
+    client.generate(model=SMOL, prompt="", keep_alive=0)              # unloads both servers
+    assert wait_for(lambda: not [s for s in list_servers(daemon.home) if s.model == SMOL])

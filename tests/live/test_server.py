@@ -1,6 +1,7 @@
 """A real llama-server on SmolLM2: start, health, OpenAI client, ps, stop."""
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -95,6 +96,26 @@ async def test_implicit_busy_port_moves_on(home: Home, smollm2_path: Path, serve
         finally:
             await stop_server(server)
     assert _gone(server.pid)
+
+
+async def test_servers_started_at_once_get_their_own_ports(home: Home, smollm2_path: Path, server_binary: Path,
+                                                           kv_backend: str):
+    """Two starts at once on the same implicit port (the daemon loading two models): each
+    server gets a port of its own, and each answers as itself."""
+    port = free_port()
+    opts = [ServerOptions(model_path=smollm2_path, ctx=512, port=port, kv_backend=kv_backend, model_name=f"s{i}")
+            for i in range(2)]
+    servers = await asyncio.gather(*(start_server(home, o, server_binary) for o in opts))
+    try:
+        assert len({s.entry.port for s in servers}) == 2, [s.entry.port for s in servers]
+        for s in servers:
+            listening = {c.laddr.port for c in psutil.Process(s.pid).net_connections("tcp")
+                         if c.status == psutil.CONN_LISTEN}
+            assert listening == {s.entry.port}, (s.entry.port, listening)
+            assert httpx.get(s.base_url + "/health", timeout=10).status_code == 200
+    finally:
+        for s in servers:
+            await stop_server(s)
 
 
 def test_stale_registry_entries_are_pruned(home: Home):
