@@ -41,10 +41,23 @@ class Config:
     fractions: tuple[float, ...] = ()
     label: str = ""
     cap_gb: float = 0.0  # repack: the memory cap for server + page cache (0 = none)
+    variants: tuple[str, ...] = ()  # repack: the servers compared (default: all of bench.repack's)
+    runs: int = 0                   # repack: decode runs per server (0 = the module's default)
+    n_predict: int = 0
+
+    def _repack_command(self) -> str:
+        cmd = f"python -m bench.repack --ctx {self.ctx} --fill {self.fill} --cap-gb {self.cap_gb:g}"
+        if self.variants:
+            cmd += " --variants " + " ".join(self.variants)
+        if self.runs:
+            cmd += f" --runs {self.runs}"
+        if self.n_predict:
+            cmd += f" --n-predict {self.n_predict}"
+        return cmd
 
     def command(self) -> str:
         if self.section == "repack":
-            return f"python -m bench.repack --ctx {self.ctx} --fill {self.fill} --cap-gb {self.cap_gb:g}"
+            return self._repack_command()
         if self.section == "paging":
             cmd = f"python -m bench.kv_paging --model {self.model} --ctx {self.ctx} --fill {self.fill}"
             if self.fractions:
@@ -77,8 +90,10 @@ def plan(quick: bool) -> list[Config]:
         Config("paging", "smollm2", 8192, 7000, fractions=(0.5, 0.25)),
         Config("paging", "qwen7b-geom", 16384, 7000, fractions=(0.5, 0.25)),
         Config("paging", "smollm2", 8192, 7000, tuple(Q8), fractions=(0.5, 0.25), label="q8_0"),
-        Config("repack", "qwen7b-full", 32768, 2048, cap_gb=2.5),
-        Config("repack", "qwen7b-full", 65536, 2048),
+        # 28 layers on 2 cores: prefill ~2.5 tok/s and decode ~1.5 tok/s, so 512 filled
+        # tokens is what fits "a few minutes" per server; 64K leaves out the cache variant
+        Config("repack", "qwen7b-full", 32768, 512, cap_gb=2.5, runs=2, n_predict=16),
+        Config("repack", "qwen7b-full", 65536, 512, variants=("stock", "ram", "ssd"), runs=2, n_predict=16),
     ]
 
 
@@ -103,7 +118,9 @@ class Results:
 def _run_config(c: Config, quick: bool, say: Say) -> list[dict[str, Any]]:
     # the sizes are the config's own (quick configs are small already); quick only shortens the runs
     if c.section == "repack":
-        return repack.run(28, c.ctx, c.fill, quick, cap=int(c.cap_gb * 1e9) or None, say=say)
+        return repack.run(28, c.ctx, c.fill, quick, cap=int(c.cap_gb * 1e9) or None, say=say,
+                          variants=c.variants or repack.VARIANTS, runs=c.runs or None,
+                          n_predict=c.n_predict or None)
     if c.section == "paging":
         return kv_paging.run(c.model, c.ctx, c.fill, fractions=c.fractions, extra=list(c.extra), say=say,
                              runs=2 if quick else None, n_predict=8 if quick else None)

@@ -4,6 +4,7 @@ One daemon for the module (models are pulled through the local registry);
 tests run in file order and build on each other's pulls."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -153,6 +154,40 @@ def test_errors_in_ollama_shape(daemon, client):
     assert r.status_code == 400 and "invalid JSON" in r.json()["error"]
     r = httpx.post(daemon.url + "/api/generate", json={"prompt": "hi"})
     assert r.status_code == 400 and r.json() == {"error": "model is required"}
+
+
+def test_format_json_and_system(daemon, client):
+    opts = {"temperature": 0, "num_predict": 48, "seed": 1}
+    r = client.generate(model=SMOL, prompt="Give a JSON object with a key 'colour' and a colour as its value.",
+                        format="json", options=opts)
+    json.loads(r.response)  # the grammar makes it JSON (possibly cut at num_predict: then this fails)
+    # `system` goes through the model's template, as a chat's system message would
+    sys_prompt, prompt = "You are a pirate. Answer like a pirate.", "Where is the treasure?"
+    g = client.generate(model=SMOL, system=sys_prompt, prompt=prompt, options=opts).response
+    c = client.chat(model=SMOL, messages=[{"role": "system", "content": sys_prompt},
+                                          {"role": "user", "content": prompt}], options=opts).message.content
+    plain = client.generate(model=SMOL, prompt=prompt, options=opts).response
+    assert g == c != plain
+
+
+def test_client_disconnect_stops_generation(daemon, client):
+    client.generate(model=SMOL, prompt="", keep_alive="5m")
+    entry = next(e for e in list_servers(daemon.home) if e.model == SMOL)
+
+    def processing() -> bool:
+        return any(s.get("is_processing") for s in httpx.get(entry.base_url + "/slots", timeout=10).json())
+
+    body = {"model": SMOL, "prompt": "Count from 1 to 2000, one number per line.", "stream": True,
+            "options": {"temperature": 0, "num_predict": 4000}}
+    with httpx.Client(timeout=60) as c, c.stream("POST", daemon.url + "/api/generate", json=body) as resp:
+        lines = resp.iter_lines()
+        for _ in range(5):
+            next(lines)
+        assert processing()  # still generating when the client goes
+    # leaving the block closed the connection: the server's slot stops within seconds
+    assert wait_for(lambda: not processing(), timeout=10)
+    slot = httpx.get(entry.base_url + "/slots", timeout=10).json()[0]
+    assert slot["next_token"][0]["n_decoded"] < 1000, slot  # far from the 4000 asked for
 
 
 def test_killed_server_is_reloaded(daemon, client):
