@@ -33,6 +33,9 @@ from diskllm.bench.machine import describe, drop_file_cache
 from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, repacked_bytes
 
 VARIANTS = ("stock", "ram", "ssd", "ssd-repack-cache")
+# what the ssd server's paging does under the cap: its budget off (0004's read-ahead and
+# the kernel's LRU), and neither (plain page faults)
+PAGING_VARIANTS = ("ssd-budget-off", "ssd-faults")
 CAP_BYTES = int(2.5e9)
 
 
@@ -42,13 +45,17 @@ def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
         return "stock", []
     if variant == "ssd-repack-cache":
         return "ssd", ["--repack-cache", str(cache)]
+    if variant == "ssd-budget-off":
+        return "ssd", ["--no-repack", "--kv-budget", "off"]
+    if variant == "ssd-faults":
+        return "ssd", ["--no-repack", "--kv-budget", "off", "--kv-prefetch", "0"]
     return variant, ["--no-repack"]  # what diskllm run passes by default (repack = "off")
 
 
 def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = False, *,
         cap: int | None = CAP_BYTES, variants: tuple[str, ...] = VARIANTS, threads: int | None = None,
         runs: int | None = None, n_predict: int | None = None, work_dir: Path | None = None,
-        say: Say = print) -> list[dict]:
+        side_by_side: bool = True, say: Say = print) -> list[dict]:
     """Rows: 'machine', 'repack-first-start', 'repack' (side by side), 'repack-cap' (each alone)."""
     from diskllm.testing.synth import synthesize_qwen7b_full
     if quick:
@@ -79,14 +86,15 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
             first = bench("ssd-repack-cache", ctxs[0])
             first.start()
             rows.append({"kind": "repack-first-start", **first.finish()})
-        for ctx in ctxs:
+        for ctx in ctxs if side_by_side else ():
             say(f"{', '.join(variants)}: {model.name} -c {ctx}, fill {fill} (side by side, decode round-robin)")
             rows += [{"kind": "repack", **r} for r in measure_interleaved([bench(v, ctx) for v in variants], runs)]
         if cap:
             ctx = ctxs[0]
             for v in variants:
                 drop_file_cache(model)
-                drop_file_cache(cache)
+                if cache.exists():
+                    drop_file_cache(cache)
                 say(f"{v} under a {cap / 1e9:.1f} GB cap (server + page cache), -c {ctx}")
                 rows.append({"kind": "repack-cap", **measure_interleaved(
                     [bench(v, ctx, cap=cap, cap_fraction=round(cap / s0.info.file_size, 3))],
@@ -156,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=32768)
     ap.add_argument("--fill", type=int, default=2048)
     ap.add_argument("--cap-gb", type=float, default=CAP_BYTES / 1e9, help="0: no capped runs")
-    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS + PAGING_VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--cap-only", action="store_true", help="only the capped runs")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int)
     ap.add_argument("--n-predict", type=int)
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     rows = run(a.layers, a.ctx, a.fill, a.quick, cap=int(a.cap_gb * 1e9) or None,
                variants=tuple(a.variants), threads=a.threads, runs=a.runs, n_predict=a.n_predict,
-               work_dir=a.work_dir, say=lambda s: print(s, file=sys.stderr, flush=True))
+               work_dir=a.work_dir, side_by_side=not a.cap_only, say=lambda s: print(s, file=sys.stderr, flush=True))
     return emit(rows, a.json, table(rows))
 
 
