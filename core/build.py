@@ -244,7 +244,7 @@ class _Builder:
                 raise self.fail(f"patch {p.name} does not apply to llama.cpp {self.spec.pin.llama_cpp_commit}")
 
     async def compile(self, tree: Path, tools: dict[str, str]) -> None:
-        flags = list(self.spec.pin.cmake_flags)
+        flags = list(self.spec.cmake_flags)
         env = dict(os.environ)
         if shutil.which("ccache"):
             flags += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
