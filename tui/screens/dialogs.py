@@ -96,8 +96,8 @@ class StartServerScreen(Dialog):
                     yield RadioButton("ram (stock)", value=self.backend == "ram", id="ram")
             with Horizontal(classes="field"):
                 yield Label("RPC workers", classes="label")
-                yield Input(",".join(self.rpc), id="rpc", placeholder="HOST:PORT,... (none: this host only)")
-                yield Input("", id="ngl", type="integer", placeholder="-ngl auto")
+                yield Input(",".join(self.rpc), id="rpc", placeholder="HOST:PORT,... (none)")
+                yield Input("", id="ngl", type="integer", placeholder="ngl auto")
             yield Static(id="estimate")
             yield Static("tab next field   enter / ctrl+s start   esc cancel", classes="hint")
 
