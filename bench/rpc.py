@@ -8,10 +8,12 @@ text, then decode runs alternate between them (bench/kv_backend.Bench). Memory i
 the main host's, at the same fill: RssAnon, RssFile, KV file bytes on disk; the
 workers' RssAnon (the layers they hold) beside it.
 
-What crosses the wire is counted per worker from /proc/PID/io over the decode
-runs: rchar (bytes the worker received) + wchar (bytes it sent) per generated
-token, and syscw (write calls: the worker answers each synchronous request with
-one flushed write, so this is the round trips per token). Loopback shows the
+What crosses the wire is counted per worker over the decode runs, per generated
+token: bytes from the kernel's TCP counters of the worker's connection (`ss -ti`:
+bytes_received + bytes_sent; /proc/PID/io does not count socket send/recv), and
+the RPC commands it served, from its own debug log (GGML_RPC_DEBUG=1 prints one
+line per command): all of them, and those that send a reply the main host waits
+for (get_tensor, copy_tensor, ...), i.e. round trips. Loopback shows the
 protocol's cost, not a real network's; docs/how-it-works.md turns these bytes and
 round trips into time on 1 and 10 Gbit/s links.
 
@@ -23,14 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from diskllm.bench.kv_backend import Bench, _free_port, _read_io, binaries, emit, setup
+from diskllm.bench.kv_backend import Bench, _free_port, binaries, emit, setup
 from diskllm.core.build import rpc_server_path
 from diskllm.core.config import Config
 from diskllm.core.paths import Home
@@ -38,7 +42,36 @@ from diskllm.core.rpc.workers import RunningWorker, WorkerOptions, start_worker,
 from diskllm.core.server import ServerOptions, build_argv, memory_of
 
 Say = Callable[[str], None]
-IO_KEYS = ("rchar", "wchar", "syscr", "syscw")
+# server-side commands that answer (ggml-rpc.cpp rpc_serve_client: send_msg after them)
+REPLIES = ("get_tensor", "copy_tensor", "set_tensor_hash", "get_alloc_size", "alloc_buffer", "buffer_get_base",
+           "get_alignment", "get_max_size", "get_device_memory", "hello", "init_tensor")
+_CMD = re.compile(r"^\[(\w+)\]", re.M)
+KEYS = ("received", "sent", "commands", "replies")
+
+
+def tcp_bytes(port: int) -> tuple[int, int]:
+    """(bytes received, bytes sent) by the established TCP connections on local `port`."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, timeout=10).stdout
+    rx = sum(int(x) for x in re.findall(r"bytes_received:(\d+)", out))
+    tx = sum(int(x) for x in re.findall(r"bytes_sent:(\d+)", out)) or \
+        sum(int(x) for x in re.findall(r"bytes_acked:(\d+)", out))
+    return rx, tx
+
+
+def _counters(workers: list[RunningWorker]) -> dict[str, int]:
+    c = dict.fromkeys(KEYS, 0)
+    for w in workers:
+        rx, tx = tcp_bytes(w.entry.port)
+        c["received"] += rx
+        c["sent"] += tx
+        try:
+            cmds = _CMD.findall(Path(w.entry.log).read_text(errors="replace"))
+        except OSError:
+            cmds = []
+        c["commands"] += len(cmds)
+        c["replies"] += sum(1 for x in cmds if x in REPLIES)
+    return c
 
 
 class SplitBench(Bench):
@@ -50,23 +83,25 @@ class SplitBench(Bench):
         self.wire: list[dict[str, float]] = []
 
     def decode_once(self, i: int, runs: int) -> None:
-        before = [_read_io(w.entry.pid) for w in self.workers]
+        before = _counters(self.workers)
         n0 = len(self.tps)
         super().decode_once(i, runs)
         if len(self.tps) == n0 or not self.tps[-1]:
             return
-        after = [_read_io(w.entry.pid) for w in self.workers]
-        n = self.n_predict  # ignore_eos: every run generates exactly n_predict tokens
-        self.wire.append({k: sum(a.get(k, 0) - b.get(k, 0) for a, b in zip(after, before)) / n for k in IO_KEYS})
+        after = _counters(self.workers)
+        # a run re-evaluates one prompt token, then generates n_predict (ignore_eos): per token
+        n = self.n_predict
+        self.wire.append({k: (after[k] - before[k]) / n for k in KEYS})
 
     def finish(self) -> dict[str, Any]:
         row = super().finish()
         if self.wire:
-            med = {k: statistics.median(x[k] for x in self.wire) for k in IO_KEYS}
-            row["wire_bytes_per_token"] = med["rchar"] + med["wchar"]
-            row["to_workers_per_token"] = med["rchar"]
-            row["from_workers_per_token"] = med["wchar"]
-            row["replies_per_token"] = med["syscw"]
+            med = {k: statistics.median(x[k] for x in self.wire) for k in KEYS}
+            row["wire_bytes_per_token"] = med["received"] + med["sent"]
+            row["to_workers_per_token"] = med["received"]
+            row["from_workers_per_token"] = med["sent"]
+            row["commands_per_token"] = med["commands"]
+            row["replies_per_token"] = med["replies"]
         return row
 
 
@@ -95,7 +130,8 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 2000, quick:
     try:
         for _ in range(2):
             workers.append(asyncio.run(start_worker(
-                home, WorkerOptions(port=_free_port(), port_explicit=True, threads=st.threads), rpc_bin)))
+                home, WorkerOptions(port=_free_port(), port_explicit=True, threads=st.threads), rpc_bin,
+                env={"GGML_RPC_DEBUG": "1"})))  # one log line per command: counted, not timed
         addrs = [w.entry.address for w in workers]
         split_flags = _split_argv(binary, st.model, ctx, addrs)
         say(f"  workers {', '.join(addrs)}; split {' '.join(split_flags)}")
@@ -145,19 +181,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     out = [f"{m.get('model')} -c {rr[0]['ctx']}, {rr[0]['fill']} tokens filled, {rr[0]['threads']} threads per "
            f"host, decode = median of {m.get('runs')} x {m.get('n_predict')} tokens", "",
            "| setup | decode tok/s | main RssAnon MB | main RssFile MB | main KV on disk MB | workers RssAnon MB "
-           "| bytes over RPC / token | round trips / token |",
-           "|---|---:|---:|---:|---:|---|---:|---:|"]
+           "| bytes over RPC / token (to / from workers) | RPC commands / token | round trips / token |",
+           "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rr:
         if not r.get("answered"):
             out.append(f"| {r['variant']} | {r.get('error', 'failed')} ||||||| ")
             continue
         workers = " + ".join(_mb(x) for x in r.get("workers_rss_anon") or []) or "-"
         wire = r.get("wire_bytes_per_token")
+        split = (f"{wire:,.0f} ({r['to_workers_per_token']:,.0f} / {r['from_workers_per_token']:,.0f})"
+                 if wire is not None else "-")
         out.append(f"| {r['variant']} | {_f(r.get('decode_tps'))} | {_mb(r.get('rss_anon'))} | {_mb(r.get('rss_file'))} "
-                   f"| {_mb(r.get('kv_disk'))} | {workers} | {'-' if wire is None else f'{wire:,.0f}'} "
-                   f"| {_f(r.get('replies_per_token'), '.0f')} |")
+                   f"| {_mb(r.get('kv_disk'))} | {workers} | {split} "
+                   f"| {_f(r.get('commands_per_token'), '.1f')} | {_f(r.get('replies_per_token'), '.1f')} |")
     if len(rr) == 2 and rr[0].get("decode_tps") and rr[1].get("decode_tps"):
-        out.append(f"| **2 workers / single** | {rr[1]['decode_tps'] / rr[0]['decode_tps']:.2f} | | | | | | |")
+        out.append(f"| **2 workers / single** | {rr[1]['decode_tps'] / rr[0]['decode_tps']:.2f} | | | | | | | |")
     return "\n".join(out)
 
 

@@ -109,8 +109,9 @@ def _log_tail(path: Path, n: int = 3) -> str:
 
 
 async def start_worker(home: Home, opts: WorkerOptions, binary: Path, progress: Progress | None = None,
-                       *, timeout: float = 30.0) -> RunningWorker:
-    """Start rpc-server, wait until it listens, register it."""
+                       *, timeout: float = 30.0, env: dict[str, str] | None = None) -> RunningWorker:
+    """Start rpc-server, wait until it listens, register it. `env`: extra variables for it
+    (the benchmark sets GGML_RPC_DEBUG=1 to count its commands)."""
     home.ensure()
     wdir = workers_dir(home)
     wdir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ async def start_worker(home: Home, opts: WorkerOptions, binary: Path, progress: 
     with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, env={**os.environ, **env} if env else None)
         except OSError as e:
             raise DiskLLMError(f"cannot start {binary}: {e.strerror}") from None
     try:
