@@ -95,7 +95,7 @@ async def launch(home: Home, req: LaunchRequest, on_event: OnEvent = lambda ev: 
     info = read_gguf_info(model.path)  # a clear error now beats a cryptic server crash later
     opts = ServerOptions.from_config(cfg, model.path, name=req.name or model.name, **req.options)
     opts.extra_args = list(req.extra_args)
-    if opts.kv_backend == "ssd" and not req.dry_run:
+    if opts.kv_backend == "ssd" and not req.dry_run and not opts.rpc:  # a split: checked once it is known
         check_kv_space(home.kv_cache, info, opts.ctx, opts.extra_args)
     if req.sessions or req.session:
         opts.extra_args += session_server_args(model.path, opts.extra_args)
@@ -109,8 +109,10 @@ async def launch(home: Home, req: LaunchRequest, on_event: OnEvent = lambda ev: 
         endpoints = parse_endpoints(opts.rpc)
         workers = list(await asyncio.gather(*(asyncio.to_thread(probe, ep) for ep in endpoints)))
         opts.rpc_weights = [w.free for w in workers]
-        on_event(WorkersReady(workers, plan_split(info, opts.ctx, [str(e) for e in endpoints],
-                                                  opts.ngl, opts.rpc_weights)))
+        split = plan_split(info, opts.ctx, [str(e) for e in endpoints], opts.ngl, opts.rpc_weights)
+        if opts.kv_backend == "ssd":  # only the main host's layers keep their KV in its file
+            check_kv_space(home.kv_cache, info, opts.ctx, opts.extra_args, range(*split.main.layers))
+        on_event(WorkersReady(workers, split))
     if req.dry_run:
         return Launched(opts, binary, build_argv(home, opts, binary))
     server = await start_server(home, opts, binary, progress=say)

@@ -99,12 +99,6 @@ def _layer_of(name: str, n_layer: int) -> int | None:
     return None
 
 
-def _kv(info: GGUFInfo, il: int, ctx: int) -> int:
-    per_tok = info._layer_bytes(il, 2)
-    swa = info.sliding_window and il < len(info.swa_layers) and info.swa_layers[il]
-    return int(per_tok * (min(ctx, info.sliding_window) if swa else ctx))
-
-
 def plan_split(info: GGUFInfo, ctx: int, workers: list[str], ngl: int | None = None,
                weights: list[int] | None = None) -> Split:
     """The split of `info` over the main host and `workers` (HOST:PORT strings)."""
@@ -131,7 +125,7 @@ def plan_split(info: GGUFInfo, ctx: int, workers: list[str], ngl: int | None = N
         blocks = (min(first, n_layer), min(last, n_layer))
         return HostShare(name, blocks, first <= n_layer < last,
                          base + sum(by_layer[first:last]),
-                         sum(_kv(info, il, ctx) for il in range(*blocks)))
+                         sum(info.layer_kv_bytes(il, ctx) for il in range(*blocks)))
 
     hosts = [host("main", 0, start, main_weights)]
     at = start

@@ -6,6 +6,7 @@ src/llama-model.cpp's assignment, transcribed (float32 fractions, upper_bound)."
 from __future__ import annotations
 
 import bisect
+from dataclasses import replace
 import socket
 import threading
 from pathlib import Path
@@ -161,3 +162,20 @@ def test_probe_names_a_closed_port_and_a_silent_listener():
         for c in held:
             c.close()
         srv.close()
+
+
+def test_only_the_patched_build_has_rpc():
+    from diskllm.core.build import BuildSpec, cache_key
+    patched, stock = BuildSpec(), BuildSpec(stock=True)
+    assert "-DGGML_RPC=ON" in patched.cmake_flags and ("ggml-rpc-server", "rpc-server") in patched.extra_targets
+    assert "-DGGML_RPC=ON" not in stock.cmake_flags and not stock.extra_targets
+    bare = replace(patched.pin, patched_cmake_flags=(), extra_targets=())
+    assert cache_key(BuildSpec(pin=bare)) != cache_key(patched)  # RPC is part of the key
+
+
+def test_kv_file_need_counts_the_main_hosts_layers_only(smollm2_path: Path):
+    from diskllm.core.kv_space import kv_need
+    info = read_gguf_info(smollm2_path)
+    s = plan_split(info, 8192, W2)
+    assert kv_need(info, 8192, [], range(*s.main.layers)) == s.main.kv == kv_need(info, 8192, []) // 3
+    assert kv_need(info, 8192, ["-ctk", "q8_0", "-ctv", "q8_0"], range(0, 30)) < kv_need(info, 8192, [])
