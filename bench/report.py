@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from diskllm.bench import kv_backend, kv_paging, pull_speed, repack
+from diskllm.bench import kv_backend, kv_paging, pull_speed, repack, rpc
 from diskllm.core.pin import load_pin
 
 INTRO = """\
@@ -92,6 +92,21 @@ and **ssd** servers as `diskllm run` starts them (`--no-repack`, config `repack 
 patches/0005, config `repack = "file"`; written by one start before the timed
 servers). Then each server alone under a memory cap for server + page cache, the
 model file and the cache dropped from the page cache first.
+"""
+
+RPC_TEXT = """\
+`bench/rpc.py` (issue 17). The same model on one host and spread over two
+`rpc-server` workers on loopback (`diskllm worker`), side by side at the same context,
+fill and threads per host, decode runs alternated. The split is what `diskllm run --rpc`
+passes: an equal share of the layers per host (`-ngl` and an exact `--tensor-split`),
+each layer's KV with its layer, so the main host's share of the KV is in its SSD file
+and the workers' in their RAM. Memory is the main host's, at the same fill; the workers'
+`RssAnon` (the weights and KV they hold) beside it. Bytes over RPC are what the workers
+received plus what they sent per generated token (`/proc/PID/io` `rchar` + `wchar`),
+and round trips are their write calls per token (one flushed reply per synchronous
+request). Loopback shows the protocol's cost, not a network's: on one 2-core machine the
+hosts also take turns on the same cores. What a real link would add is worked out in
+[how-it-works.md](how-it-works.md#rpc-workers-what-a-real-network-costs).
 """
 
 SESSIONS_TEXT = """\
@@ -307,6 +322,17 @@ def _targets(res: Any) -> list[str]:
             line(f"issue 12: prefill ssd/stock reported ({where})",
                  f"{r:.2f}" + (f" (repack cache: {rc / stock['prefill_tps']:.2f})" if rc else ""), r >= 0.9)
 
+    for run in _by_section(res, "rpc"):
+        by = {r["variant"]: r for r in _rows(run, "rpc")}
+        one, two = by.get("single", {}), by.get("2 workers", {})
+        if one.get("decode_tps") and two.get("decode_tps"):
+            line(f"issue 17: decode over two loopback workers vs one host ({_name(run['config'])}), reported",
+                 f"{two['decode_tps'] / one['decode_tps']:.2f} ({two['decode_tps']:.1f} vs {one['decode_tps']:.1f} tok/s; "
+                 f"{two.get('wire_bytes_per_token', 0) / 1e3:.1f} kB and {two.get('replies_per_token', 0):.0f} round "
+                 f"trips over RPC per token)", True)
+        else:
+            line("issue 17: decode over two loopback workers vs one host", "-", None)
+
     four_k = [r for r in res.sessions if r.get("tokens", 0) >= 3500]
     if four_k:
         worst = max(r["ratio_cold"] for r in four_k)
@@ -350,6 +376,7 @@ def render(res: Any) -> str:
            "Sections: [Targets](#targets) · [Machine](#machine) · [KV backend](#kv-backend-stock-vs-ram-vs-ssd) · "
            "[Quantized KV](#quantized-kv-cache-q8_0) · [Memory caps](#memory-caps) · "
            "[Paging](#paging-when-the-working-set-does-not-fit) · [Repacked weights](#repacked-weights-quantized-models) · "
+           "[RPC workers](#rpc-workers-one-host-vs-two-loopback-workers) · "
            "[Session restore](#session-restore) · "
            "[Pull](#pull-throughput) · [Caveats](#what-these-figures-show-and-do-not-show)", "",
            "## Targets", "", TARGETS_NOTE]
@@ -376,6 +403,9 @@ def render(res: Any) -> str:
 
     out += ["", "## Repacked weights (quantized models)", "", REPACK_TEXT]
     out += _details(_by_section(res, "repack"), repack.table)
+
+    out += ["", "## RPC workers: one host vs two loopback workers", "", RPC_TEXT]
+    out += _details(_by_section(res, "rpc"), rpc.table)
 
     out += ["", "## Session restore", "", SESSIONS_TEXT]
     if res.sessions:

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from diskllm.bench import kv_backend, kv_paging, pull_speed, repack, session_restore
+from diskllm.bench import kv_backend, kv_paging, pull_speed, repack, rpc, session_restore
 from diskllm.bench.machine import describe
 
 Say = Callable[[str], None]
-SECTIONS = ("backends", "quant", "caps", "paging", "repack", "sessions", "pull")
+SECTIONS = ("backends", "quant", "caps", "paging", "repack", "rpc", "sessions", "pull")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 Q8 = ["-fa", "on", "-ctk", "q8_0", "-ctv", "q8_0"]
 
@@ -58,6 +58,8 @@ class Config:
     def command(self) -> str:
         if self.section == "repack":
             return self._repack_command()
+        if self.section == "rpc":
+            return f"python -m bench.rpc --model {self.model} --ctx {self.ctx} --fill {self.fill}"
         if self.section == "paging":
             cmd = f"python -m bench.kv_paging --model {self.model} --ctx {self.ctx} --fill {self.fill}"
             if self.fractions:
@@ -77,6 +79,7 @@ def plan(quick: bool) -> list[Config]:
             Config("caps", "smollm2", 16384, 512, fractions=(0.25,)),  # 25% of a 360 MiB KV
             Config("paging", "smollm2", 2048, 1000, fractions=(0.25,)),
             Config("repack", "qwen7b-full", 4096, 256, label="2 layers"),
+            Config("rpc", "smollm2", 2048, 256),
         ]
     return [
         Config("backends", "smollm2", 32768, 7000),
@@ -94,6 +97,7 @@ def plan(quick: bool) -> list[Config]:
         # tokens is what fits "a few minutes" per server; 64K leaves out the cache variant
         Config("repack", "qwen7b-full", 32768, 512, cap_gb=2.5, runs=2, n_predict=16),
         Config("repack", "qwen7b-full", 65536, 512, variants=("stock", "ram", "ssd"), runs=2, n_predict=16),
+        Config("rpc", "smollm2", 8192, 2000),
     ]
 
 
@@ -121,6 +125,8 @@ def _run_config(c: Config, quick: bool, say: Say) -> list[dict[str, Any]]:
         return repack.run(28, c.ctx, c.fill, quick, cap=int(c.cap_gb * 1e9) or None, say=say,
                           variants=c.variants or repack.VARIANTS, runs=c.runs or None,
                           n_predict=c.n_predict or None)
+    if c.section == "rpc":
+        return rpc.run(c.model, c.ctx, c.fill, quick, say=say)
     if c.section == "paging":
         return kv_paging.run(c.model, c.ctx, c.fill, fractions=c.fractions, extra=list(c.extra), say=say,
                              runs=2 if quick else None, n_predict=8 if quick else None)

@@ -17,6 +17,7 @@ from diskllm.core.text import printable
 # Each module has register(subparsers) and sets `func` (args -> int | None) on its parsers.
 COMMAND_MODULES = [
     "diskllm.cli.server",
+    "diskllm.cli.workers",
     "diskllm.cli.models",
     "diskllm.cli.sessions",
     "diskllm.cli.tui",

@@ -10,7 +10,10 @@ from pathlib import Path
 from diskllm.core.config import load_config
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.models.index import InstalledModel, ModelIndex
+from diskllm.core.errors import DiskLLMError
 from diskllm.core.models.show import describe
+from diskllm.core.rpc.endpoints import parse_endpoints
+from diskllm.core.rpc.split import plan_split
 from diskllm.core.models.resolve import PullHook, remove_model
 from diskllm.core.paths import Home
 from diskllm.core.text import printable
@@ -107,6 +110,14 @@ def cmd_show(args: argparse.Namespace) -> int:
             rows.append(("extra files", ", ".join(sorted(m.extra.values()))))
     cfg = load_config(home)
     rows += describe(info, args.ctx or cfg.ctx, weights, cfg.repack)
+    workers = parse_endpoints(args.rpc) if args.rpc else parse_endpoints(cfg.rpc, "config rpc")
+    if workers:
+        split = plan_split(info, args.ctx or cfg.ctx, [str(w) for w in workers], args.ngl)
+        rows.append(("split over RPC workers", f"-ngl {split.ngl}, equal memory offered assumed "
+                                               "(run asks the workers)"))
+        rows += split.rows(cfg.kv_backend)
+    elif args.ngl is not None:
+        raise DiskLLMError("--ngl needs --rpc HOST:PORT[,...] (or config rpc)")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k.ljust(width)}  {printable(str(v), multiline=True)}")
@@ -153,6 +164,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="model geometry, KV bytes per token and memory estimates")
     p.add_argument("model", help="installed model name or a .gguf path")
     p.add_argument("--ctx", type=int, help="context size for the memory estimate (default: config ctx)")
+    p.add_argument("--rpc", metavar="HOST:PORT[,...]", help="estimate what each host holds over these workers "
+                                                            "(default: config rpc)")
+    p.add_argument("--ngl", type=int, metavar="N", help="with --rpc: layers on the workers (as for run)")
     p.set_defaults(func=cmd_show)
 
     p = subparsers.add_parser("rm", help="remove installed models")

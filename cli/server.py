@@ -12,15 +12,21 @@ from diskllm.core.build import ensure_server
 from diskllm.core.config import KV_BACKENDS, load_config
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.held import hold, release, save_held
-from diskllm.core.launch import LaunchEvent, Launched, LaunchRequest, LaunchStep, ServerReady, SessionOpened, launch
+from diskllm.core.launch import (LaunchEvent, Launched, LaunchRequest, LaunchStep, ServerReady, SessionOpened,
+                                 WorkersReady, launch)
 from diskllm.core.models.resolve import resolve_model as core_resolve_model
 from diskllm.core.paths import Home
+from diskllm.core.rpc.endpoints import parse_endpoints
+from diskllm.core.rpc.failure import explain_lost_server, explain_or
+from diskllm.core.rpc.split import Split
+from diskllm.core.rpc.workers import list_workers
 from diskllm.core.server import PagingStats, ServerEntry, list_servers, memory_of, paging_stats, stop_server
 
 from diskllm.cli import sessions as cli_sessions
 from diskllm.cli.models import pull_hook
 from diskllm.cli.output import duration, human_bytes, say, table
 from diskllm.cli.repl import PlainTurns, chat_loop
+from diskllm.cli.workers import matching_workers, stop_workers, worker_rows
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,9 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ps", help="list running servers")
     p.set_defaults(func=cmd_ps)
 
-    p = sub.add_parser("stop", help="stop the servers of MODEL (or --all)")
-    p.add_argument("model", nargs="?", metavar="MODEL|PATH")
-    p.add_argument("--all", action="store_true", help="stop every running server")
+    p = sub.add_parser("stop", help="stop the servers of MODEL, a worker HOST:PORT, or --all")
+    p.add_argument("model", nargs="?", metavar="MODEL|PATH|HOST:PORT")
+    p.add_argument("--all", action="store_true", help="stop every running server and worker")
+    p.add_argument("--workers", action="store_true", help="stop every running worker")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("chat", help="chat with MODEL (reuses its running server)")
@@ -87,6 +94,11 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (config: threads; default auto)")
     p.add_argument("--api-key", help="the server requires 'Authorization: Bearer KEY' (config: api_key); "
                                      "chat, sessions and the workbench send it")
+    p.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]",
+                   help="spread the model over these `diskllm worker`s (config: rpc)")
+    p.add_argument("--ngl", type=int, metavar="N",
+                   help="with --rpc: layers on the workers, llama.cpp's -ngl (the output head counts as one; "
+                        "default: an equal share per host)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra llama-server argument (repeatable; use --server-arg=--flag)")
 
@@ -109,8 +121,12 @@ def _request(args: argparse.Namespace, *, dry_run: bool = False) -> LaunchReques
         raise DiskLLMError(f"--port {args.port} is out of range (1-65535)")
     if args.kv_prefetch is not None and args.kv_prefetch < 0:
         raise DiskLLMError("--kv-prefetch must be >= 0 (MiB; 0 = off)")
+    if args.ngl is not None and args.ngl < 0:
+        raise DiskLLMError("--ngl must be >= 0")
     options = {k: getattr(args, k) for k in ("ctx", "host", "port", "kv_backend", "kv_window", "kv_prefetch",
-                                             "kv_budget", "threads")}
+                                             "kv_budget", "threads", "ngl")}
+    if args.rpc is not None:
+        options["rpc"] = [str(e) for e in parse_endpoints(args.rpc)]
     cfg = load_config(Home.from_env())
     key = getattr(args, "api_key", None) or cfg.api_key
     extra = list(args.server_arg) + (["--api-key", key] if key else [])
@@ -124,12 +140,22 @@ def _request(args: argparse.Namespace, *, dry_run: bool = False) -> LaunchReques
 def _render(ev: LaunchEvent) -> None:
     if isinstance(ev, LaunchStep):
         say(ev.line)
+    elif isinstance(ev, WorkersReady):
+        for w in ev.workers:
+            say(f"worker {w.endpoint}: RPC {'.'.join(map(str, w.version))}, offers "
+                f"{human_bytes(w.free, 'binary')} of {human_bytes(w.total, 'binary')}")
+        say(split_line(ev.split))
     elif isinstance(ev, ServerReady):
         e = ev.server.entry
         print(f"serving {e.model} at {e.base_url} (pid {e.pid}, ctx {e.ctx}, kv {e.kv_backend})", flush=True)
         print(f"OpenAI base_url: {e.openai_base_url}", flush=True)
     elif isinstance(ev, SessionOpened):
         say(cli_sessions.describe_restore(ev.report, ev.session))
+
+
+def split_line(split: Split, kv_backend: str = "ssd") -> str:
+    """One line: what each host holds (the start of `run --rpc`)."""
+    return f"split (-ngl {split.ngl}): " + "; ".join(f"{label} {text}" for label, text in split.rows(kv_backend))
 
 
 def _launch(args: argparse.Namespace, *, dry_run: bool = False) -> tuple[Home, Launched]:
@@ -176,6 +202,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not entry_file.exists():  # `diskllm stop` ended it: a normal exit
                 print("server stopped", flush=True)
                 return 0
+            lost = explain_lost_server(server.entry)
+            if lost:
+                raise lost
             raise DiskLLMError(f"llama-server exited (code {server.process.returncode}); log: {server.entry.log}")
         _chat(server.entry, home, args, done.opened)
     finally:
@@ -235,6 +264,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _chat(entry: ServerEntry, home: Home, args: argparse.Namespace, got: SessionOpened | None) -> None:
+    try:
+        _chat_turns(entry, home, args, got)
+    except DiskLLMError as err:  # a server that lost a worker gets the line naming it
+        raise explain_or(entry, err) from None
+
+
+def _chat_turns(entry: ServerEntry, home: Home, args: argparse.Namespace, got: SessionOpened | None) -> None:
     if getattr(args, "session", None):
         got = got or cli_sessions.opened(entry, home, args.session)
         cli_sessions.session_repl(entry, got, sampling_params(args))
@@ -256,31 +292,44 @@ def cmd_ps(args: argparse.Namespace) -> int:  # noqa: ARG001
     home = Home.from_env()
     rows = [("MODEL", "PID", "PORT", "CTX", "KV", "UPTIME", "PRIVATE RAM", "PAGING")]
     now = time.time()
-    for e in list_servers(home):
+    servers = list_servers(home)
+    for e in servers:
         try:
             ram = human_bytes(memory_of(e.pid).rss_anon, "binary")
         except DiskLLMError:
             ram = "-"
-        rows.append((e.model, str(e.pid), str(e.port), str(e.ctx), e.kv_backend,
+        kv = e.kv_backend + (f", -ngl {e.ngl} on {','.join(e.rpc)}" if e.rpc else "")
+        rows.append((e.model, str(e.pid), str(e.port), str(e.ctx), kv,
                      duration(now - e.started_at), ram, paging_text(paging_stats(home.kv_cache, e.pid))))
-    table(rows)
+    workers = worker_rows(home)
+    if servers or not workers:
+        table(rows)
+    if workers:
+        if servers:
+            print()
+        table(workers)
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     home = Home.from_env()
     servers = list_servers(home)
+    workers = []
     if args.all:
-        targets = servers
+        targets, workers = servers, list_workers(home)
+    elif args.workers:
+        targets, workers = [], list_workers(home)
     elif args.model:
         targets = [e for e in servers if _matches(e, home, args.model)]
-        if not targets:
-            raise DiskLLMError(f"no running server for '{args.model}'")
+        workers = [] if targets else matching_workers(home, args.model)
+        if not targets and not workers:
+            raise DiskLLMError(f"no running server or worker for '{args.model}'")
     elif len(servers) <= 1:
         targets = servers
+        workers = [] if servers else list_workers(home)  # nothing else to stop: the workers
     else:
         raise DiskLLMError("several servers are running; name a MODEL or use --all")
-    if not targets:
+    if not targets and not workers:
         print("no servers running")
         return 0
 
@@ -296,7 +345,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     async def stop_all() -> None:
         await asyncio.gather(*(save_then_stop(e) for e in targets))
-    asyncio.run(stop_all())
+    asyncio.run(stop_all())  # servers before their workers: a server that loses a worker aborts
     for e in targets:
         print(f"stopped {e.model} (pid {e.pid}, port {e.port})")
+    asyncio.run(stop_workers(workers))
+    for w in workers:
+        print(f"stopped worker {w.address} (pid {w.pid})")
     return 0
+

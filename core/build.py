@@ -1,8 +1,10 @@
 """Build the pinned llama-server (optionally patched) into a content-keyed cache.
 
 Cache dir: build_cache_dir(home)/<stock|diskllm>-<key[:16]>/llama-server, where the
-key hashes the pin, every patch (name + sha256, in order), the cmake flags and
-RECIPE_VERSION. Anything else (ccache, -j) does not change the result.
+key hashes the pin, every patch (name + sha256, in order), the cmake flags, the
+targets and RECIPE_VERSION. Anything else (ccache, -j) does not change the result.
+The patched build also installs rpc-server beside llama-server (-DGGML_RPC=ON,
+[build.diskllm] in pin.toml); the stock build is llama-server alone.
 """
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ class BuildSpec:
     def patch_list(self) -> list[Path]:
         return [] if self.stock else patch_files(self.patches or patches_dir())
 
+    @property
+    def cmake_flags(self) -> tuple[str, ...]:
+        return self.pin.cmake_flags + (() if self.stock else self.pin.patched_cmake_flags)
+
+    @property
+    def extra_targets(self) -> tuple[tuple[str, str], ...]:
+        return () if self.stock else self.pin.extra_targets
+
 
 
 def cache_key(spec: BuildSpec) -> str:
@@ -55,13 +65,20 @@ def cache_key(spec: BuildSpec) -> str:
         "pin": [spec.pin.package, spec.pin.version, spec.pin.sha256, spec.pin.subdir],
         "patches": [[p.name, sha256_file(p)] for p in spec.patch_list()],
         "target": spec.pin.target,
-        "cmake_flags": list(spec.pin.cmake_flags),
+        "cmake_flags": list(spec.cmake_flags),
     }
+    if spec.extra_targets:  # absent for stock: its key stays what it was
+        doc["extra_targets"] = [list(t) for t in spec.extra_targets]
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def binary_path(home: Home, spec: BuildSpec) -> Path:
     return build_cache_dir(home) / f"{spec.flavor}-{cache_key(spec)[:16]}" / spec.pin.target
+
+
+def rpc_server_path(server: Path) -> Path:
+    """The rpc-server built beside a llama-server (same build, same protocol version)."""
+    return server.parent / "rpc-server"
 
 
 def _override_binary(home: Home) -> Path | None:
@@ -137,6 +154,7 @@ class _Builder:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.log_path = home.logs / f"build-{spec.flavor}-{self.key[:16]}-{stamp}.log"
         self.log = None
+        self.seconds: dict[str, float] = {}  # compile wall time per target
 
     def say(self, line: str) -> None:
         if self.log:
@@ -155,7 +173,7 @@ class _Builder:
             tree = await asyncio.to_thread(self.extract, sdist)
             await self.apply_patches(tree, tools["git"])
             await self.compile(tree, tools)
-            await asyncio.to_thread(self.install, tree / "build" / "bin" / self.spec.pin.target)
+            await asyncio.to_thread(self.install, tree / "build" / "bin")
             self.say(f"installed {self.target}")
             # Source tree is only needed for the build; keep the disk tidy.
             await asyncio.to_thread(shutil.rmtree, tree.parent, True)
@@ -226,7 +244,7 @@ class _Builder:
                 raise self.fail(f"patch {p.name} does not apply to llama.cpp {self.spec.pin.llama_cpp_commit}")
 
     async def compile(self, tree: Path, tools: dict[str, str]) -> None:
-        flags = list(self.spec.pin.cmake_flags)
+        flags = list(self.spec.cmake_flags)
         env = dict(os.environ)
         if shutil.which("ccache"):
             flags += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
@@ -238,30 +256,40 @@ class _Builder:
         if rc != 0:
             raise self.fail("cmake configure failed")
         jobs = str(os.cpu_count() or 1)
-        self.say(f"compiling {self.spec.pin.target} with {jobs} jobs")
-        rc = await self.stream(
-            [tools["cmake"], "--build", "build", "--target", self.spec.pin.target, "-j", jobs],
-            cwd=tree, env=env,
-        )
-        if rc != 0:
-            raise self.fail(f"building {self.spec.pin.target} failed")
+        # One target after the other, timed: what each costs is in build.json (docs quote it).
+        for target in (self.spec.pin.target, *(t for t, _ in self.spec.extra_targets)):
+            self.say(f"compiling {target} with {jobs} jobs")
+            t0 = time.monotonic()
+            rc = await self.stream([tools["cmake"], "--build", "build", "--target", target, "-j", jobs],
+                                   cwd=tree, env=env)
+            if rc != 0:
+                raise self.fail(f"building {target} failed")
+            self.seconds[target] = round(time.monotonic() - t0, 1)
+            self.say(f"compiled {target} in {self.seconds[target]:.0f} s")
 
-    def install(self, built: Path) -> None:
-        if not built.is_file():
-            raise self.fail(f"build finished but {built} is missing")
+    def install(self, bin_dir: Path) -> None:
         dest_dir = self.target.parent
         dest_dir.mkdir(parents=True, exist_ok=True)
-        tmp = dest_dir / f".{self.target.name}.tmp-{os.getpid()}"
-        shutil.copy2(built, tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, self.target)
+        # extras first: llama-server's presence is what marks the build as cached
+        names = [(t, n) for t, n in self.spec.extra_targets] + [(self.spec.pin.target, self.target.name)]
+        for target, name in names:
+            built = bin_dir / target
+            if not built.is_file():
+                raise self.fail(f"build finished but {built} is missing")
+            tmp = dest_dir / f".{name}.tmp-{os.getpid()}"
+            shutil.copy2(built, tmp)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, dest_dir / name)
         meta = {
             "key": self.key,
             "flavor": self.spec.flavor,
             "pin": {"package": self.spec.pin.package, "version": self.spec.pin.version,
                     "sha256": self.spec.pin.sha256, "llama_cpp_commit": self.spec.pin.llama_cpp_commit},
             "patches": [{"name": p.name, "sha256": sha256_file(p)} for p in self.spec.patch_list()],
-            "cmake_flags": list(self.spec.pin.cmake_flags),
+            "cmake_flags": list(self.spec.cmake_flags),
+            "targets": [self.spec.pin.target, *(n for _, n in self.spec.extra_targets)],
+            "compile_seconds": self.seconds,
+            "ccache": bool(shutil.which("ccache")),
             "recipe": RECIPE_VERSION,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "log": str(self.log_path),

@@ -32,6 +32,8 @@ class Config:
     repack: str = "off"
     kv_budget: int | None = None  # MiB of KV + weights kept resident while paging; None = auto (cgroup / MemAvailable)
     server_binary: str | None = None
+    # RPC workers (`diskllm worker` on other hosts), HOST:PORT; layers spread over them (core.rpc)
+    rpc: list[str] = field(default_factory=list)
     # `diskllm serve`: the Ollama API's address and its Bearer key (None = no key)
     api_host: str = "127.0.0.1"
     api_port: int = 11434
@@ -80,6 +82,10 @@ def _check(cfg: Config, where: str) -> None:
         raise bad("repack", f"must be one of {', '.join(REPACK_MODES)}, got {cfg.repack!r}")
     if cfg.server_binary is not None and not isinstance(cfg.server_binary, str):
         raise bad("server_binary", "must be a path string")
+    if not isinstance(cfg.rpc, list):
+        raise bad("rpc", f"must be a list of \"HOST:PORT\" strings, got {cfg.rpc!r}")
+    from diskllm.core.rpc.endpoints import parse_endpoints
+    parse_endpoints(cfg.rpc, f"{where}: 'rpc'")
 
 
 def load_config(home: Home) -> Config:
@@ -117,7 +123,7 @@ def save_config(home: Home, cfg: Config) -> None:
         v = getattr(cfg, key)
         if key == "server_binary" and cfg._env_binary is not None and v == cfg._env_binary:
             v = cfg._file_binary
-        if v is not None:  # TOML has no null: unset = absent
+        if v is not None and v != []:  # TOML has no null: unset = absent
             data[key] = v
     for key, table in cfg.extra.items():
         data[key] = table

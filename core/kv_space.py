@@ -23,10 +23,13 @@ class KVSpaceError(DiskLLMError):
     pass
 
 
-def kv_need(info: GGUFInfo, ctx: int, server_args: list[str]) -> int:
+def kv_need(info: GGUFInfo, ctx: int, server_args: list[str], layers: range | None = None) -> int:
+    """Bytes of the KV file; `layers`: only these (the main host's share of an RPC split)."""
     k, v = _cache_types(server_args)
     per = (TYPE_BYTES.get(k.lower(), 2.0) + TYPE_BYTES.get(v.lower(), 2.0)) / 2
-    return info.kv_bytes(ctx, per)
+    if layers is None:
+        return info.kv_bytes(ctx, per)
+    return sum(info.layer_kv_bytes(il, ctx, per) for il in layers)
 
 
 def disk_line(need: int, free: int, directory: Path, ctx: int) -> str:
@@ -34,9 +37,10 @@ def disk_line(need: int, free: int, directory: Path, ctx: int) -> str:
             f"{human_bytes(free, 'binary')} free in {directory} (lower --ctx or free space there)")
 
 
-def check_kv_space(kv_dir: Path, info: GGUFInfo, ctx: int, server_args: list[str]) -> None:
+def check_kv_space(kv_dir: Path, info: GGUFInfo, ctx: int, server_args: list[str],
+                   layers: range | None = None) -> None:
     """KVSpaceError with the disk-space line when the KV file cannot fit."""
-    need = kv_need(info, ctx, server_args)
+    need = kv_need(info, ctx, server_args, layers)
     free = shutil.disk_usage(kv_dir).free
     if need > free:
         raise KVSpaceError(disk_line(need, free, kv_dir, ctx))

@@ -5,6 +5,7 @@ The CLI's `run`/`chat`, the workbench's start worker and `diskllm serve` call
 Chatting, saving and stopping stay with the caller, which owns the lifetime."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,9 @@ from diskllm.core.kv_space import check_kv_space
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.models.resolve import PullHook, resolve_model
 from diskllm.core.paths import Home
+from diskllm.core.rpc.endpoints import parse_endpoints
+from diskllm.core.rpc.probe import WorkerInfo, probe
+from diskllm.core.rpc.split import Split, plan_split
 from diskllm.core.server import RunningServer, ServerEntry, ServerOptions, build_argv, start_server, stop_server
 from diskllm.core.sessions import ModelInfo, RestoreReport, Session, SessionRunner, SessionStore, validate_name
 from diskllm.core.sessions.server_args import session_server_args
@@ -41,6 +45,13 @@ class LaunchStep:
 
 
 @dataclass
+class WorkersReady:
+    """Every --rpc worker answered the handshake; `split` is what each host will hold."""
+    workers: list[WorkerInfo]
+    split: Split
+
+
+@dataclass
 class ServerReady:
     server: RunningServer
 
@@ -52,7 +63,7 @@ class SessionOpened:
     report: RestoreReport | None                 # None: a new session
 
 
-LaunchEvent = LaunchStep | ServerReady | SessionOpened
+LaunchEvent = LaunchStep | WorkersReady | ServerReady | SessionOpened
 OnEvent = Callable[[LaunchEvent], object]
 
 
@@ -84,7 +95,7 @@ async def launch(home: Home, req: LaunchRequest, on_event: OnEvent = lambda ev: 
     info = read_gguf_info(model.path)  # a clear error now beats a cryptic server crash later
     opts = ServerOptions.from_config(cfg, model.path, name=req.name or model.name, **req.options)
     opts.extra_args = list(req.extra_args)
-    if opts.kv_backend == "ssd" and not req.dry_run:
+    if opts.kv_backend == "ssd" and not req.dry_run and not opts.rpc:  # a split: checked once it is known
         check_kv_space(home.kv_cache, info, opts.ctx, opts.extra_args)
     if req.sessions or req.session:
         opts.extra_args += session_server_args(model.path, opts.extra_args)
@@ -93,6 +104,15 @@ async def launch(home: Home, req: LaunchRequest, on_event: OnEvent = lambda ev: 
         on_event(LaunchStep(line))
 
     binary = await ensure_server(home, progress=say)
+    if opts.rpc and not req.dry_run:
+        # llama-server aborts on a worker it cannot reach and hangs on a busy one: ask first
+        endpoints = parse_endpoints(opts.rpc)
+        workers = list(await asyncio.gather(*(asyncio.to_thread(probe, ep) for ep in endpoints)))
+        opts.rpc_weights = [w.free for w in workers]
+        split = plan_split(info, opts.ctx, [str(e) for e in endpoints], opts.ngl, opts.rpc_weights)
+        if opts.kv_backend == "ssd":  # only the main host's layers keep their KV in its file
+            check_kv_space(home.kv_cache, info, opts.ctx, opts.extra_args, range(*split.main.layers))
+        on_event(WorkersReady(workers, split))
     if req.dry_run:
         return Launched(opts, binary, build_argv(home, opts, binary))
     server = await start_server(home, opts, binary, progress=say)

@@ -36,6 +36,9 @@ class Pin:
     llama_cpp_commit: str
     target: str
     cmake_flags: tuple[str, ...]
+    # [build.diskllm]: the patched build only, so the stock baseline keeps its key
+    patched_cmake_flags: tuple[str, ...] = ()
+    extra_targets: tuple[tuple[str, str], ...] = ()  # (cmake target, installed name)
 
     @property
     def sdist_name(self) -> str:
@@ -51,6 +54,7 @@ def load_pin(path: Path | None = None, machine: str | None = None) -> Pin:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         pin, build = data["pin"], data["build"]
         arch_flags = build.get("machine", {}).get(machine, {}).get("cmake_flags", [])
+        patched = build.get("diskllm", {})
         return Pin(
             package=pin["package"],
             version=pin["version"],
@@ -59,10 +63,12 @@ def load_pin(path: Path | None = None, machine: str | None = None) -> Pin:
             llama_cpp_commit=pin.get("llama_cpp_commit", ""),
             target=build.get("target", "llama-server"),
             cmake_flags=tuple(build["cmake_flags"]) + tuple(arch_flags),
+            patched_cmake_flags=tuple(patched.get("cmake_flags", [])),
+            extra_targets=tuple((str(t), str(n)) for t, n in patched.get("extra_targets", [])),
         )
     except FileNotFoundError:
         raise DiskLLMError(f"pin file missing: {path} (broken install?)") from None
-    except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
+    except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as e:
         raise DiskLLMError(f"invalid pin file {path}: {e}") from None
 
 

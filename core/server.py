@@ -52,6 +52,9 @@ class ServerOptions:
     extra_args: list[str] = field(default_factory=list)
     parallel: int = 1
     model_name: str | None = None  # shown in `ps`; default: file stem
+    rpc: list[str] = field(default_factory=list)  # RPC workers, HOST:PORT (core.rpc)
+    ngl: int | None = None  # layers offloaded to the workers; None = an equal share per host
+    rpc_weights: list[int] | None = None  # memory each worker offers (probed); None = equal
 
     @property
     def name(self) -> str:
@@ -72,7 +75,7 @@ class ServerOptions:
         given.setdefault("port_explicit", "port" in given)
         base = dict(ctx=cfg.ctx, host=cfg.host, port=cfg.port, kv_backend=cfg.kv_backend,
                     kv_window=cfg.kv_window, kv_prefetch=cfg.kv_prefetch, repack=cfg.repack, kv_budget=cfg.kv_budget,
-                    threads=cfg.threads)
+                    threads=cfg.threads, rpc=list(cfg.rpc))
         return cls(model_path=Path(model), model_name=name, **{**base, **given})
 
 
@@ -93,6 +96,9 @@ class ServerEntry:
     create_time: float  # psutil create_time: tells our process from a reused pid
     argv: list[str]
     home: str = ""  # DISKLLM_HOME root, to find this entry's registry file
+    rpc: list[str] = field(default_factory=list)  # its RPC workers, HOST:PORT
+    ngl: int = 0  # layers on the workers (-ngl)
+    tensor_split: list[int] = field(default_factory=list)  # per worker, as passed
 
     @property
     def connect_host(self) -> str:
@@ -172,7 +178,7 @@ def pick_port(host: str, port: int, explicit: bool) -> int:
 def build_argv(home: Home, opts: ServerOptions, binary: Path, port: int | None = None) -> list[str]:
     """The exact llama-server command line for these options."""
     argv = [
-        str(binary), "-m", str(opts.model_path), "-c", str(opts.ctx), "-ngl", "0",
+        str(binary), "-m", str(opts.model_path), "-c", str(opts.ctx), *rpc_args(opts, binary),
         "--host", opts.host, "--port", str(port if port is not None else opts.port),
         "--slot-save-path", str(home.sessions), "--metrics", "--parallel", str(opts.parallel),
     ]
@@ -191,6 +197,36 @@ def build_argv(home: Home, opts: ServerOptions, binary: Path, port: int | None =
             "use --kv-backend ram, or 'diskllm build' the patched server"
         )
     return argv + repack_args(home, opts, binary) + list(opts.extra_args)
+
+
+def rpc_args(opts: ServerOptions, binary: Path) -> list[str]:
+    """-ngl and, with workers, --rpc and an exact --tensor-split (core.rpc.split decides it,
+    so `show` and the start form estimate what the server does)."""
+    if not opts.rpc:
+        if opts.ngl:
+            raise DiskLLMError("--ngl offloads layers to RPC workers: give them with --rpc HOST:PORT[,...]")
+        return ["-ngl", "0"]
+    from diskllm.core.models.gguf import read_gguf_info  # late: only a split reads the header
+    from diskllm.core.rpc.endpoints import parse_endpoints, rpc_flag
+    from diskllm.core.rpc.split import plan_split
+    if not server_supports_flag(binary, "--rpc"):
+        raise DiskLLMError(f"{binary} has no RPC backend (built without -DGGML_RPC=ON): "
+                           "'diskllm build' the patched server, or unset server_binary")
+    workers = parse_endpoints(opts.rpc)
+    split = plan_split(read_gguf_info(opts.model_path), opts.ctx, [str(w) for w in workers],
+                       opts.ngl, opts.rpc_weights)
+    return ["--rpc", rpc_flag(workers), "-ngl", str(split.ngl), "--tensor-split", split.tensor_split_flag()]
+
+
+def argv_split(argv: list[str]) -> tuple[int, list[int]]:
+    """(-ngl, --tensor-split counts) of a command line build_argv made."""
+    ngl, counts = 0, []
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-ngl":
+            ngl = int(value)
+        elif flag == "--tensor-split":
+            counts = [int(c) for c in value.split(",")]
+    return ngl, counts
 
 
 _REPACK_FLAGS = ("--repack", "-nr", "--no-repack", "--repack-cache")
@@ -283,17 +319,20 @@ async def start_server(
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
         create_time = 0.0
+    ngl, counts = argv_split(argv)
     entry = ServerEntry(
         pid=proc.pid, port=port, host=opts.host, model=opts.name,
         model_path=str(opts.model_path), ctx=opts.ctx, kv_backend=opts.kv_backend,
         kv_window=opts.kv_window, binary=str(binary), log=str(log_path),
         started_at=time.time(), create_time=create_time, argv=argv, home=str(home.root),
+        rpc=list(opts.rpc), ngl=ngl if opts.rpc else 0, tensor_split=counts,
     )
     server = RunningServer(entry, proc)
     try:
         await _wait_healthy(server, log_path, timeout, progress)
     except BaseException:
         _kill_now(proc)
+        remove_dead_kv_files(home.kv_cache, proc.pid)  # an abort (e.g. a worker gone) skips the cleanup
         raise
     atomic_write_text(home.run / f"{proc.pid}.json", json.dumps(asdict(entry), indent=2))
     return server
@@ -392,6 +431,7 @@ def list_servers(home: Home) -> list[ServerEntry]:
             path.unlink(missing_ok=True)
             if entry is not None:
                 remove_slot_locks(home.run, entry.base_url)
+                remove_dead_kv_files(home.kv_cache, entry.pid)
             continue
         out.append(entry)
     return sorted(out, key=lambda e: e.started_at)
@@ -447,6 +487,39 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
                 popen.wait(timeout=5)
         _entry_file(entry).unlink(missing_ok=True)
         remove_slot_locks(_entry_file(entry).parent, entry.base_url)
+        if not _is_alive(entry):  # SIGKILL (or an abort before it) leaves the KV files
+            remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid)
+
+
+def forget_dead_server(entry: ServerEntry) -> list[Path]:
+    """Everything a server that died on its own leaves: registry entry, slot locks, KV files
+    (returned, removed)."""
+    _entry_file(entry).unlink(missing_ok=True)
+    remove_slot_locks(_entry_file(entry).parent, entry.base_url)
+    return remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid)
+
+
+def remove_dead_kv_files(kv_dir: Path, pid: int) -> list[Path]:
+    """Remove the KV files (and paging stats) of server `pid` once nobody holds their lock.
+
+    The patched server flocks each file and unlinks it on a clean exit; an abort or
+    SIGKILL leaves it for the next server's start-up to clean. Doing it here means a
+    crashed server's KV (possibly GBs, and conversation data) does not wait for that."""
+    removed: list[Path] = []
+    for path in kv_files(kv_dir, pid):
+        try:
+            with open(path, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held = still in use: leave it
+                path.unlink()
+                removed.append(path)
+        except (BlockingIOError, FileNotFoundError):
+            continue
+        except OSError:
+            continue
+    stats = Path(kv_dir) / f"diskllm-kv-{pid}-paging.json"
+    if removed or not any(True for _ in kv_files(kv_dir, pid)):
+        stats.unlink(missing_ok=True)
+    return removed
 
 
 # --- memory ---------------------------------------------------------------

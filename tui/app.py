@@ -85,7 +85,8 @@ class Workbench(App[int]):
         self.server: ServerEntry | None = None
         self.server_info: GGUFInfo | None = None
         self.processes: dict[int, RunningServer] = {}  # servers started here, by pid
-        self.last_start: tuple[str, str, int, str] | None = None  # name, path, ctx, backend
+        # name, path, ctx, backend, rpc workers, ngl
+        self.last_start: tuple[str, str, int, str, list[str] | None, int | None] | None = None
         self.models: m.ModelsLoaded | None = None
         self.pulls: dict[str, PullState] = {}
         self.memory: deque[m.MemorySample] = deque(maxlen=HISTORY)
@@ -264,10 +265,11 @@ class Workbench(App[int]):
             info = await asyncio.to_thread(services._info, entry.model_path)
             self.post_message(m.ServerStarted(entry, info, started_here=False))
 
-    def start_model(self, name: str, path: str, ctx: int, backend: str) -> None:
-        self.last_start = (name, path, ctx, backend)
+    def start_model(self, name: str, path: str, ctx: int, backend: str, rpc: list[str] | None = None,
+                    ngl: int | None = None) -> None:
+        self.last_start = (name, path, ctx, backend, rpc, ngl)
         self.status = Status("starting", name, None, backend, ctx, None, "building/starting llama-server")
-        self._start(name, path, ctx, backend)
+        self._start(name, path, ctx, backend, rpc, ngl)
 
     def restart_server(self) -> None:
         if self.last_start is None:
@@ -276,9 +278,12 @@ class Workbench(App[int]):
         self.start_model(*self.last_start)
 
     @work(exclusive=True, group="server", exit_on_error=False)
-    async def _start(self, name: str, path: str, ctx: int, backend: str) -> None:
+    async def _start(self, name: str, path: str, ctx: int, backend: str, rpc: list[str] | None = None,
+                     ngl: int | None = None) -> None:
         try:
-            server = await services.start_model(self.home, name, path, {"ctx": ctx, "kv_backend": backend},
+            # rpc None = config's workers; [] = this host only (the form's choice)
+            server = await services.start_model(self.home, name, path,
+                                                {"ctx": ctx, "kv_backend": backend, "rpc": rpc, "ngl": ngl},
                                                 self.post_message)
         except DiskLLMError as e:
             self.post_message(m.ServerStartFailed(name, str(e)))
@@ -300,7 +305,7 @@ class Workbench(App[int]):
         e = msg.entry
         self.server, self.server_info = e, msg.info
         if self.last_start is None:
-            self.last_start = (e.model, e.model_path, e.ctx, e.kv_backend)
+            self.last_start = (e.model, e.model_path, e.ctx, e.kv_backend, list(e.rpc), e.ngl if e.rpc else None)
         self.memory.clear()
         self.session_runner, self.active_session = None, None  # a new server has an empty slot
         self.status = Status("healthy", e.model, e.port, e.kv_backend, e.ctx, e.pid)

@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import psutil
 
-from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, ThinkSplitter
+from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, ThinkSplitter, stream_chat  # noqa: F401 (chat pane)
 from diskllm.core.config import load_config
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.text import printable
 from diskllm.core.models.gguf import GGUFInfo, read_gguf_info
+from diskllm.core.rpc.failure import explain_lost_server
 from diskllm.core.launch import LaunchEvent, LaunchRequest, LaunchStep, launch
 from diskllm.core.models.index import ModelIndex
 from diskllm.core.models.resolve import remove_model
@@ -152,7 +153,8 @@ async def watch_server(home: Home, entry: ServerEntry, process: subprocess.Popen
             alive, rc = process_alive(entry.pid, process)
             if not alive:
                 tail = log_tail(Path(entry.log), 8)
-                post(m.ServerDied(entry, rc, tail))
+                lost = await asyncio.to_thread(explain_lost_server, entry, 0.0) if entry.rpc else None
+                post(m.ServerDied(entry, rc, ([str(lost)] if lost else []) + tail))  # the worker it lost first
                 return
             try:
                 sample = await asyncio.to_thread(read_memory, entry, kv_dir)

@@ -99,6 +99,11 @@ class GGUFInfo:
                 full += per_tok * ctx
         return int(swa), int(full)
 
+    def layer_kv_bytes(self, il: int, ctx: int, type_bytes: float = 2) -> int:
+        """KV bytes of layer `il` at context `ctx` (a sliding-window layer holds min(ctx, window) cells)."""
+        swa = self.sliding_window and il < len(self.swa_layers) and self.swa_layers[il]
+        return int(self._layer_bytes(il, type_bytes) * (min(ctx, self.sliding_window) if swa else ctx))
+
     def kv_bytes(self, ctx: int, type_bytes: float = 2) -> int:
         swa, full = self.kv_bytes_split(ctx, type_bytes)
         return swa + full

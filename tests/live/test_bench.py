@@ -19,7 +19,7 @@ def test_quick_suite_runs_and_renders(tmp_path: Path, server_binary: Path, build
                        cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = Results.from_json(raw.read_text())
-    assert {run["config"]["section"] for run in res.runs} == {"backends", "quant", "caps", "paging", "repack"}
+    assert {run["config"]["section"] for run in res.runs} == {"backends", "quant", "caps", "paging", "repack", "rpc"}
     for run in res.runs:
         assert not [row for row in run["rows"] if row.get("kind") == "error"], run
 
@@ -40,6 +40,14 @@ def test_quick_suite_runs_and_renders(tmp_path: Path, server_binary: Path, build
     assert all(row["answered"] for row in rp.values()), rp
     assert rp["ssd-repack-cache"]["rss_anon"] < rp["stock"]["rss_anon"] / 2, rp
 
+    # two loopback workers: the split server answers, keeps part of the KV on the main host's
+    # SSD file, and its workers exchange bytes with it for every token
+    rpc = next(run for run in res.runs if run["config"]["section"] == "rpc")
+    rr = {row["variant"]: row for row in rpc["rows"] if row.get("kind") == "rpc"}
+    assert rr["single"]["answered"] and rr["2 workers"]["answered"], rr
+    assert 0 < rr["2 workers"]["kv_disk"] < rr["single"]["kv_disk"], rr
+    assert rr["2 workers"]["wire_bytes_per_token"] > 1000 and rr["2 workers"]["replies_per_token"] >= 2, rr
+
     paging = next(run for run in res.runs if run["config"]["section"] == "paging")
     assert any(row.get("kind") == "disk" and row["seq_read_Bps"] > 0 for row in paging["rows"])
     assert res.sessions and res.sessions[0]["reused"] > 0
@@ -47,7 +55,8 @@ def test_quick_suite_runs_and_renders(tmp_path: Path, server_binary: Path, build
 
     text = out.read_text()
     for heading in ("## Targets", "## Machine", "## KV backend", "## Quantized KV cache", "## Memory caps",
-                    "## Paging when the working set does not fit", "## Session restore", "## Pull throughput"):
+                    "## Paging when the working set does not fit", "## RPC workers: one host vs two loopback workers",
+                    "## Session restore", "## Pull throughput"):
         assert heading in text
     assert "Failed:" not in text and "python -m bench.kv_backend --model smollm2" in text
     # the page is a pure function of the saved rows

@@ -112,7 +112,8 @@ async def test_dead_server_dialog_restart_key(home, monkeypatch):
         assert app.status.health == "dead"
         await pilot.press("r")
         await pilot.pause()
-    assert started == [("smollm2:135m", "/models/smollm2.gguf", 4096, "ssd")]
+    # a restart reuses the dead server's workers and -ngl too (none here)
+    assert started == [("smollm2:135m", "/models/smollm2.gguf", 4096, "ssd", [], None)]
 
 
 def test_bare_diskllm_opens_the_workbench_and_exits_when_the_terminal_goes(home):

@@ -5,6 +5,8 @@ appends fragments and batches them when tokens come faster than the screen
 redraws, instead of re-rendering the whole document per token."""
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any
 
 from textual import on, work
@@ -16,6 +18,7 @@ from textual.widgets.markdown import MarkdownStream
 
 from diskllm.core.chat import split_think, stream_chat
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.rpc.failure import explain_or
 
 from .. import messages as m
 from .. import services
@@ -154,6 +157,8 @@ class ChatScreen(PaneScreen):
                 source = stream_chat(e.base_url, msgs, api_key=e.api_key, **params)
                 answer, reasoning = await services.consume_chat(source, e.ctx, self.ctx_used, self.post_message)
         except DiskLLMError as err:
+            if e.rpc:  # a dropped reply from a server spread over workers: name the one it lost
+                err = await asyncio.to_thread(explain_or, e, err)
             self.post_message(m.ChatFinished("".join(self.reply_parts), error=str(err)))
             return
         except Exception as err:  # never a traceback in the UI

@@ -8,8 +8,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
+from diskllm.core.errors import DiskLLMError
 from diskllm.core.models.gguf import GGUFInfo
 from diskllm.core.models.show import estimate_memory, weights_text
+from diskllm.core.rpc.endpoints import parse_endpoints
+from diskllm.core.rpc.split import plan_split
 
 from ..state import human_bytes
 
@@ -67,16 +70,18 @@ class PromptScreen(Dialog):
 class StartServerScreen(Dialog):
     """ctx and KV backend for a new server; shows the memory estimate as you type.
 
-    Dismisses with (ctx, backend) or None."""
+    Dismisses with (ctx, backend, rpc workers, ngl or None) or None."""
 
     BINDINGS = [
         Binding("escape", "dismiss_none", "Cancel", id="dialog.cancel"),
         Binding("ctrl+s", "submit", "Start", id="dialog.start"),
     ]
 
-    def __init__(self, model: str, info: GGUFInfo | None, ctx: int, backend: str, repack: str = "off") -> None:
+    def __init__(self, model: str, info: GGUFInfo | None, ctx: int, backend: str, repack: str = "off",
+                 rpc: list[str] | None = None) -> None:
         super().__init__()
         self.model, self.info, self.ctx, self.backend, self.repack = model, info, ctx, backend, repack
+        self.rpc = list(rpc or [])
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="start-form"):
@@ -89,6 +94,10 @@ class StartServerScreen(Dialog):
                 with RadioSet(id="backend"):
                     yield RadioButton("ssd (file-backed)", value=self.backend == "ssd", id="ssd")
                     yield RadioButton("ram (stock)", value=self.backend == "ram", id="ram")
+            with Horizontal(classes="field"):
+                yield Label("RPC workers", classes="label")
+                yield Input(",".join(self.rpc), id="rpc", placeholder="HOST:PORT,... (none)")
+                yield Input("", id="ngl", type="integer", placeholder="ngl auto")
             yield Static(id="estimate")
             yield Static("tab next field   enter / ctrl+s start   esc cancel", classes="hint")
 
@@ -106,7 +115,20 @@ class StartServerScreen(Dialog):
         pressed = self.query_one(RadioSet).pressed_button
         return pressed.id if pressed is not None and pressed.id else self.backend
 
+    def _workers(self) -> tuple[list[str], int | None]:
+        """The RPC workers and -ngl as typed; DiskLLMError with the line to show."""
+        workers = [str(w) for w in parse_endpoints(self.query_one("#rpc", Input).value, "workers")]
+        text = self.query_one("#ngl", Input).value.strip()
+        ngl = int(text) if text.lstrip("-").isdigit() else None
+        if ngl is not None and ngl < 0:
+            raise DiskLLMError("-ngl must be >= 0")
+        if ngl is not None and not workers:
+            raise DiskLLMError("-ngl offloads layers to RPC workers: name them first")
+        return workers, ngl
+
     @on(Input.Changed, "#ctx")
+    @on(Input.Changed, "#rpc")
+    @on(Input.Changed, "#ngl")
     @on(RadioSet.Changed)
     def _estimate(self) -> None:
         ctx = self._ctx()
@@ -116,6 +138,15 @@ class StartServerScreen(Dialog):
             return
         if self.info is None:
             out.update("no GGUF header: no estimate")
+            return
+        try:
+            workers, ngl = self._workers()
+        except DiskLLMError as err:
+            out.update(f"[red]{err}[/]")
+            return
+        if workers:  # what each host holds; the workers' share is in their RAM
+            split = plan_split(self.info, ctx, workers, ngl)
+            out.update("\n".join(f"{label}: {text}" for label, text in split.rows(self._backend())))
             return
         e = estimate_memory(self.info, ctx, repack=self.repack)
         if self._backend() == "ram":
@@ -132,7 +163,12 @@ class StartServerScreen(Dialog):
         if ctx is None:
             self.notify("context must be a positive integer", severity="error")
             return
-        self.dismiss((ctx, self._backend()))
+        try:
+            workers, ngl = self._workers()
+        except DiskLLMError as err:
+            self.notify(str(err), severity="error")
+            return
+        self.dismiss((ctx, self._backend(), workers, ngl))
 
 
 class ServerDiedScreen(Dialog):

@@ -10,7 +10,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, Static
 
+from diskllm.core.errors import DiskLLMError
 from diskllm.core.models.show import estimate_memory
+from diskllm.core.rpc.split import plan_split
 
 from .. import messages as m
 from ..state import human_bytes
@@ -66,6 +68,7 @@ class MemoryScreen(PaneScreen):
             lines.append(" + compute buffers)")
         else:
             lines.append("(no GGUF header)")
+        lines += self._split_lines(entry, info)
         lines.append("")
         lines.append(f"[b]This server[/b] (kv {entry.kv_backend})")
         if last is not None:
@@ -85,6 +88,24 @@ class MemoryScreen(PaneScreen):
         else:
             lines.append("waiting for the first reading…")
         box.update("\n".join(lines))
+
+    @staticmethod
+    def _split_lines(entry, info) -> list[str]:
+        """What each host holds, as the server was started (its -ngl and --tensor-split)."""
+        if not entry.rpc or info is None:
+            return []
+        try:
+            split = plan_split(info, entry.ctx, entry.rpc, entry.ngl, entry.tensor_split or None)
+        except DiskLLMError:
+            return []
+        lines = ["", f"[b]Split over {len(entry.rpc)} RPC worker{'s' if len(entry.rpc) > 1 else ''}[/b] "
+                     f"(-ngl {split.ngl})"]
+        for h in split.hosts:
+            where = "SSD" if h.name == "main" and entry.kv_backend == "ssd" else "RAM"
+            lines.append(f"{'main' if h.name == 'main' else h.name}: {h.describe_layers()}")
+            lines.append(f"  weights {human_bytes(h.weights)}, KV {human_bytes(h.kv)} ({where})")
+        lines.append("figures here: the main host")
+        return lines
 
     def on_memory_sample(self, msg: m.MemorySample) -> None:
         self.show_state()

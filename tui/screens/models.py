@@ -157,14 +157,15 @@ class ModelsScreen(PaneScreen):
             self.notify("no installed model selected (pull one first: p / a)", severity="warning")
             return
 
-        def chosen(result: tuple[int, str] | None) -> None:
+        def chosen(result: tuple[int, str, list[str], int | None] | None) -> None:
             if result:
-                ctx, backend = result
-                self.bench.start_model(row.name, row.path, ctx, backend)
-                self.notify(f"starting {row.name} (ctx {ctx:,}, kv {backend})")
+                ctx, backend, rpc, ngl = result
+                self.bench.start_model(row.name, row.path, ctx, backend, rpc, ngl)
+                over = f", over {len(rpc)} worker{'s' if len(rpc) > 1 else ''}" if rpc else ""
+                self.notify(f"starting {row.name} (ctx {ctx:,}, kv {backend}{over})")
 
         self.app.push_screen(StartServerScreen(row.name, row.info, self.ctx, self.bench.cfg.kv_backend,
-                                                self.bench.cfg.repack), chosen)
+                                                self.bench.cfg.repack, self.bench.cfg.rpc), chosen)
 
     @on(DataTable.RowSelected, "#installed")
     def _enter_installed(self) -> None:

@@ -1,0 +1,61 @@
+"""The workbench and RPC workers (issue 17): the start form takes workers and -ngl and
+estimates each host; the Memory pane shows a running server's split. Fake data, no server."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, Static
+
+from diskllm.core.paths import Home
+from diskllm.tui.app import Workbench
+from diskllm.tui.screens.memory import MemoryScreen
+import tui_fake_data as fake
+
+W = "127.0.0.1:50052,127.0.0.1:50053"
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch) -> Workbench:
+    home = Home(tmp_path / "home")
+    monkeypatch.setenv("DISKLLM_HOME", str(home.root))
+    monkeypatch.delenv("DISKLLM_LLAMA_SERVER", raising=False)
+    return Workbench(home, live=False)
+
+
+async def test_start_form_estimates_each_host_and_passes_the_workers(app: Workbench):
+    started = []
+    app.start_model = lambda *a: started.append(a)  # type: ignore[method-assign]
+    async with app.run_test(size=(80, 30)) as pilot:
+        app.post_message(fake.models_loaded())
+        await pilot.pause()
+        await pilot.press("down", "s")
+        await pilot.pause()
+        form = app.screen
+        estimate = form.query_one("#estimate", Static)
+        form.query_one("#rpc", Input).value = W
+        await pilot.pause()
+        text = str(estimate.render())
+        assert "main host: layers 0-9" in text and "on SSD" in text, text
+        assert "worker 127.0.0.1:50053: layers 21-29 + output" in text, text
+        form.query_one("#ngl", Input).value = "31"
+        await pilot.pause()
+        assert "main host: no layers" in str(estimate.render())
+        form.query_one("#rpc", Input).value = "nohostport"
+        await pilot.pause()
+        assert "not HOST:PORT" in str(estimate.render())
+        form.query_one("#rpc", Input).value = W
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert started and started[0][4] == W.split(",") and started[0][5] == 31, started
+
+
+def test_memory_pane_shows_the_split():
+    entry = replace(fake.ENTRY,
+                    rpc=W.split(","), ngl=21, tensor_split=[11, 10], ctx=4096)
+    lines = MemoryScreen._split_lines(entry, fake.SMOL)
+    text = "\n".join(lines)
+    assert "Split over 2 RPC workers" in text and "(-ngl 21)" in text
+    assert "main: layers 0-9" in text and "127.0.0.1:50052: layers 10-20" in text and "(SSD)" in text
+    assert MemoryScreen._split_lines(replace(entry, rpc=[]), fake.SMOL) == []
