@@ -61,6 +61,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "budget-4": (["--kv-prefetch", "4"], {}),
     "budget-16": (["--kv-prefetch", "16"], {}),
     "budget-32": (["--kv-prefetch", "32"], {}),
+    "budget-64": (["--kv-prefetch", "64"], {}),
     "budget-normal": (["--kv-advice", "normal"], {}),
     "budget-random": (["--kv-advice", "random"], {}),
     "budget-forced": ([], {"DISKLLM_KV_PREFETCH_FORCE": "1"}),

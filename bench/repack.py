@@ -55,7 +55,7 @@ def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
 def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = False, *,
         cap: int | None = CAP_BYTES, variants: tuple[str, ...] = VARIANTS, threads: int | None = None,
         runs: int | None = None, n_predict: int | None = None, work_dir: Path | None = None,
-        side_by_side: bool = True, say: Say = print) -> list[dict]:
+        side_by_side: bool = True, ssd_extra: tuple[str, ...] = (), say: Say = print) -> list[dict]:
     """Rows: 'machine', 'repack-first-start', 'repack' (side by side), 'repack-cap' (each alone)."""
     from diskllm.testing.synth import synthesize_qwen7b_full
     if quick:
@@ -74,6 +74,8 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
     def bench(variant: str, ctx: int, **kw: Any) -> Bench:
         s = setup(model, ctx, threads, s0.work, "")
         backend, extra = _flags(variant, cache)
+        if backend == "ssd":
+            extra = extra + list(ssd_extra)
         return Bench(backend, bins["stock" if backend == "stock" else "patched"], model, ctx, fill,
                      threads=s.threads, ctx_override=s.ctx_override, n_predict=n_predict, work=s0.work, say=say,
                      extra=extra, label=variant, **kw)
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap-gb", type=float, default=CAP_BYTES / 1e9, help="0: no capped runs")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS + PAGING_VARIANTS, default=list(VARIANTS))
     ap.add_argument("--cap-only", action="store_true", help="only the capped runs")
+    ap.add_argument("ssd_extra", nargs="*", help="after --: more llama-server flags for the ssd servers")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int)
     ap.add_argument("--n-predict", type=int)
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     rows = run(a.layers, a.ctx, a.fill, a.quick, cap=int(a.cap_gb * 1e9) or None,
                variants=tuple(a.variants), threads=a.threads, runs=a.runs, n_predict=a.n_predict,
-               work_dir=a.work_dir, side_by_side=not a.cap_only, say=lambda s: print(s, file=sys.stderr, flush=True))
+               work_dir=a.work_dir, side_by_side=not a.cap_only, ssd_extra=tuple(a.ssd_extra), say=lambda s: print(s, file=sys.stderr, flush=True))
     return emit(rows, a.json, table(rows))
 
 
