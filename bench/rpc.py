@@ -39,7 +39,7 @@ from diskllm.core.build import rpc_server_path
 from diskllm.core.config import Config
 from diskllm.core.paths import Home
 from diskllm.core.rpc.workers import RunningWorker, WorkerOptions, start_worker, stop_worker, worker_memory
-from diskllm.core.server import ServerOptions, build_argv, memory_of
+from diskllm.core.server import ServerOptions, build_argv
 
 Say = Callable[[str], None]
 # server-side commands that answer (ggml-rpc.cpp rpc_serve_client: send_msg after them)

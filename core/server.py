@@ -487,7 +487,7 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
                 popen.wait(timeout=5)
         _entry_file(entry).unlink(missing_ok=True)
         remove_slot_locks(_entry_file(entry).parent, entry.base_url)
-        if not _is_alive(entry):  # SIGKILL (or an abort before it) leaves the KV files
+        if not is_alive(entry):  # SIGKILL (or an abort before it) leaves the KV files
             remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import psutil
 
-from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, ThinkSplitter, stream_chat  # noqa: F401 (chat pane)
+from diskllm.core.chat import ChatDelta as CoreDelta, ChatDone, ThinkSplitter
 from diskllm.core.config import load_config
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.text import printable

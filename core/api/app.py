@@ -18,11 +18,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from diskllm.core.api.embed import embed, embed_inputs
-from diskllm.core.api.manager import Loaded, LoadFailed, ModelManager, UnknownModel
+from diskllm.core.api.manager import Loaded, ModelManager, UnknownModel
 from diskllm.core.api.pulling import pull_progress
 from diskllm.core.api.settings import ApiSettings, parse_keep_alive
 from diskllm.core.api.translate import (BadRequest, Timer, chat_messages, generate_messages, now_iso, num_ctx,
-                                        sampling, show_entry, tag_entry, details)
+                                        sampling, show_entry, tag_entry)
 from diskllm.core.chat import ChatDelta, ChatDone, stream_chat
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.models.index import ModelIndex

@@ -15,7 +15,6 @@ from pathlib import Path
 import psutil
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.paths import Home
 from diskllm.core.rpc.endpoints import parse_endpoints
 from diskllm.core.rpc.probe import reachable
 from diskllm.core.server import ServerEntry, forget_dead_server, log_tail
