@@ -458,6 +458,26 @@ def _entry_file(entry: ServerEntry) -> Path:
     return Home(root).run / f"{entry.pid}.json"
 
 
+async def terminate(pid: int, alive: Callable[[], bool], grace: float, *, poll: float, what: str) -> None:
+    """SIGTERM, SIGKILL if `alive()` still holds after `grace` seconds, then wait until it
+    does not; `what` names the process in the one-line error when it is not ours to stop."""
+    try:
+        if alive():
+            proc = psutil.Process(pid)
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and alive():
+                await asyncio.sleep(poll)
+            if alive():
+                proc.send_signal(signal.SIGKILL)
+                while alive():
+                    await asyncio.sleep(0.05)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.AccessDenied:
+        raise DiskLLMError(f"not allowed to stop {what} {pid} (started by another user?)") from None
+
+
 async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds; remove the registry entry."""
     popen = entry.process if isinstance(entry, RunningServer) else None
@@ -467,20 +487,7 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
     # entry to mean "stopped on purpose", not "crashed".
     _entry_file(entry).unlink(missing_ok=True)
     try:
-        if is_alive(entry):
-            proc = psutil.Process(entry.pid)
-            proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and is_alive(entry):
-                await asyncio.sleep(0.1)
-            if is_alive(entry):
-                proc.send_signal(signal.SIGKILL)
-                while is_alive(entry):
-                    await asyncio.sleep(0.05)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.AccessDenied:
-        raise DiskLLMError(f"not allowed to stop pid {entry.pid} (started by another user?)") from None
+        await terminate(entry.pid, lambda: is_alive(entry), grace, poll=0.1, what="pid")
     finally:
         if popen is not None:  # reap our own child
             with contextlib.suppress(subprocess.TimeoutExpired):

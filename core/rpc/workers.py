@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from diskllm.core.build import Progress, ensure_server, rpc_server_path
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.paths import Home
 from diskllm.core.rpc.endpoints import DEFAULT_WORKER_PORT, Endpoint
-from diskllm.core.server import MemoryInfo, memory_of, pick_port
+from diskllm.core.server import MemoryInfo, memory_of, pick_port, terminate
 
 UNSAFE_BIND = ("the RPC protocol has no authentication: anyone who can reach {bind} can use this worker's "
                "memory and CPU and read what it holds; use it only on a trusted network or over an SSH tunnel")
@@ -196,20 +195,7 @@ async def stop_worker(worker: WorkerEntry | RunningWorker, grace: float = 5.0) -
     path = workers_dir(Home(Path(entry.home))) / f"{entry.pid}.json"
     path.unlink(missing_ok=True)  # first: a foreground `diskllm worker` reads it as "stopped on purpose"
     try:
-        if _alive(entry):
-            proc = psutil.Process(entry.pid)
-            proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _alive(entry):
-                await asyncio.sleep(0.05)
-            if _alive(entry):
-                proc.send_signal(signal.SIGKILL)
-                while _alive(entry):
-                    await asyncio.sleep(0.05)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.AccessDenied:
-        raise DiskLLMError(f"not allowed to stop worker pid {entry.pid} (started by another user?)") from None
+        await terminate(entry.pid, lambda: _alive(entry), grace, poll=0.05, what="worker pid")
     finally:
         if popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
