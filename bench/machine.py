@@ -74,6 +74,16 @@ def drop_file_cache(path: Path) -> None:
         os.close(fd)
 
 
+def write_test_file(path: Path, mib: int) -> None:
+    """`mib` MiB of incompressible bytes, fsynced: what the disk read benchmarks read back."""
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def disk_read_rates(directory: Path, size_mib: int = 1024, rand_seconds: float = 3.0) -> dict[str, float]:
     """Sequential O_DIRECT read (1 MiB blocks) and random O_DIRECT 4 KiB reads of a fresh file.
 
@@ -84,12 +94,7 @@ def disk_read_rates(directory: Path, size_mib: int = 1024, rand_seconds: float =
     path = directory / f".diskllm-bench-disk-{os.getpid()}.bin"
     block = 1 << 20
     try:
-        chunk = os.urandom(block)
-        with open(path, "wb") as f:
-            for _ in range(size_mib):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        write_test_file(path, size_mib)
         drop_file_cache(path)
         buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT needs
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)

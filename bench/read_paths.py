@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from diskllm.bench.cgroup import CgroupUnavailable, MemoryCgroup
-from diskllm.bench.machine import drop_file_cache
+from diskllm.bench.machine import drop_file_cache, write_test_file
 
 RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)
 BLOCK = 1 << 20
@@ -92,12 +92,7 @@ def run(directory: Path, mib: int, cap_mib: int, ahead_mib: int = 8, repeat: int
     path = directory / f".diskllm-readpaths-{os.getpid()}.bin"
     out: dict = {"file_mib": mib, "cap_mib": cap_mib, "ahead_mib": ahead_mib, "io_uring": io_uring_allowed()}
     try:
-        chunk = os.urandom(BLOCK)
-        with open(path, "wb") as f:
-            for _ in range(mib):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        write_test_file(path, mib)
         try:
             cg = MemoryCgroup(cap_mib << 20)
         except CgroupUnavailable as e:

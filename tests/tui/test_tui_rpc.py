@@ -3,25 +3,14 @@ estimates each host; the Memory pane shows a running server's split. Fake data, 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
 from textual.widgets import Input, Static
 
-from diskllm.core.paths import Home
 from diskllm.tui.app import Workbench
 from diskllm.tui.screens.memory import MemoryScreen
 import tui_fake_data as fake
 
 W = "127.0.0.1:50052,127.0.0.1:50053"
-
-
-@pytest.fixture
-def app(tmp_path: Path, monkeypatch) -> Workbench:
-    home = Home(tmp_path / "home")
-    monkeypatch.setenv("DISKLLM_HOME", str(home.root))
-    monkeypatch.delenv("DISKLLM_LLAMA_SERVER", raising=False)
-    return Workbench(home, live=False)
 
 
 async def test_start_form_estimates_each_host_and_passes_the_workers(app: Workbench):

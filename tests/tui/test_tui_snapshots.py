@@ -6,23 +6,12 @@ the machine. Update after an intended change: pytest tests/tui/test_tui_snapshot
 """
 from __future__ import annotations
 
-from pathlib import Path
 
-import pytest
 
-from diskllm.core.paths import Home
 from diskllm.tui.app import Workbench
 import tui_fake_data as fake
 
 SIZE = (80, 24)
-
-
-@pytest.fixture
-def app(tmp_path: Path, monkeypatch) -> Workbench:
-    home = Home(tmp_path / "home")
-    monkeypatch.setenv("DISKLLM_HOME", str(home.root))
-    monkeypatch.delenv("DISKLLM_LLAMA_SERVER", raising=False)
-    return Workbench(home, live=False)
 
 
 async def feed(pilot, *events) -> None:
