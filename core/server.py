@@ -360,11 +360,16 @@ async def _port_claim(run_dir: Path) -> AsyncIterator[None]:
 async def _wait_bound(proc: subprocess.Popen, host: str, port: int, timeout: float = 30.0) -> None:
     """Until the server listens (llama-server binds before it loads the model), exits, or
     `timeout` passes; a server that never binds is reported by the health wait."""
+    # connect, not bind: a probe bound to the port could race the server's own bind
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        if not port_is_free(host, port):
-            return
-        await asyncio.sleep(0.05)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(_connect_host(host), port), 1.0)
+        except (OSError, asyncio.TimeoutError):
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
 
 
 async def _wait_healthy(server: RunningServer, log_path: Path, timeout: float, progress: Progress | None) -> None:
