@@ -159,3 +159,17 @@ def assert_one_line_error(r: CliResult, contains: str = "") -> None:
     errors = [ln for ln in lines if ln.startswith("error:")]
     assert len(errors) == 1, r.err
     assert contains in errors[0], errors[0]
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A workbench on an empty home that starts no workers (the tests feed it messages).
+
+    Lives here, not in tests/tui/conftest.py: a second conftest.py would take the
+    module name `conftest` that the tests import their helpers from."""
+    from diskllm.tui.app import Workbench
+
+    home = Home(tmp_path / "home")
+    monkeypatch.setenv("DISKLLM_HOME", str(home.root))
+    monkeypatch.delenv("DISKLLM_LLAMA_SERVER", raising=False)
+    return Workbench(home, live=False)
