@@ -134,6 +134,28 @@ def kv_type_bytes(flags: list[str] | tuple[str, ...] | None) -> float:
     return sum(types) / 2
 
 
+def bench_parser(prog: str, doc: str | None, *, ctx: int, fill: int,
+                 model: str | None = "smollm2") -> argparse.ArgumentParser:
+    """The flags every server benchmark shares; each module adds its own."""
+    ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=(doc or "").split("\n\n")[0])
+    if model is not None:
+        ap.add_argument("--model", default=model, help=f"{', '.join(MODELS)} or a .gguf path")
+    ap.add_argument("--ctx", type=int, default=ctx)
+    ap.add_argument("--fill", type=int, default=fill, help="tokens of real text filled before decoding")
+    ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run (not for quoting)")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--runs", type=int, help="decode runs (median)")
+    ap.add_argument("--n-predict", type=int, help="tokens per decode run")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--work-dir", type=Path, help="kv files, logs and test files (kept); default: a temp dir")
+    return ap
+
+
+def say_stderr(line: str) -> None:
+    """Progress goes to stderr so stdout carries only the table."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def emit(rows: list[dict], json_path: Path | None, text: str) -> int:
     """CLI tail shared by the bench modules: rows to JSON if asked, the table to stdout."""
     if json_path:
@@ -423,9 +445,11 @@ class Bench:
         return row
 
 
-def measure_interleaved(benches: list[Bench], runs: int) -> list[dict[str, Any]]:
+def measure_interleaved(benches: list[Bench], runs: int,
+                        before_finish: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """All servers up at once, filled in turn, decode runs round-robin (a shared, noisy
-    machine then slows every backend alike); memory read at the end, at the same fill."""
+    machine then slows every backend alike); memory read at the end, at the same fill.
+    before_finish runs while the servers are still up (e.g. to read their helpers)."""
     try:
         for b in benches:
             b.start()
@@ -434,6 +458,8 @@ def measure_interleaved(benches: list[Bench], runs: int) -> list[dict[str, Any]]
         for i in range(runs):
             for b in benches:
                 b.decode_once(i, runs)
+        if before_finish is not None:
+            before_finish()
     finally:
         rows = [b.finish() for b in benches]
     return rows
@@ -560,37 +586,28 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.kv_backend", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2", help=f"{', '.join(MODELS)} or a .gguf path")
-    ap.add_argument("--ctx", type=int, default=32768)
-    ap.add_argument("--fill", type=int, default=7000, help="tokens of real text filled before decoding")
-    ap.add_argument("--quick", action="store_true", help="small sizes (ctx <= 4096, fill <= 1000, 3 runs)")
+    ap = bench_parser("bench.kv_backend", __doc__, ctx=32768, fill=7000)
     ap.add_argument("--stock", action=argparse.BooleanOptionalAction, default=True,
                     help="include the stock (unpatched) build; built on first use (~5 min)")
     ap.add_argument("--cap-fraction", type=float, nargs="*", default=[],
                     help="memory-cap runs at F x (KV at fill + weights), e.g. 0.5 0.25")
     ap.add_argument("--cap-base", choices=("fill", "ctx"), default="fill",
                     help="cap = F x (KV at the fill + weights) [fill], or F x KV of the whole context [ctx]")
-    ap.add_argument("--threads", type=int)
     ap.add_argument("--kv-window", type=int, default=KV_WINDOW, help="--kv-window for the ssd server (default: as diskllm run)")
     ap.add_argument("--backends", nargs="+", choices=BACKENDS, help="subset of backends (default: all)")
-    ap.add_argument("--runs", type=int, help="decode runs (median); default 5, quick 3")
-    ap.add_argument("--n-predict", type=int)
     ap.add_argument("--server", type=Path, help="patched llama-server to use instead of the cached build")
     ap.add_argument("--stock-server", type=Path, help="stock llama-server to use instead of the cached build")
     ap.add_argument("--uncapped", action=argparse.BooleanOptionalAction, default=True,
                     help="the side-by-side run without a cap (--no-uncapped: capped rows only)")
     ap.add_argument("--disk", action=argparse.BooleanOptionalAction, default=None,
                     help="measure disk read rates (default: with caps)")
-    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    ap.add_argument("--work-dir", type=Path, help="kv files, logs and the disk test file (kept); default: a temp dir under /var/tmp")
     ap.add_argument("extra", nargs="*", help="after --: extra llama-server flags for every server")
     a = ap.parse_args(argv)
     rows = run(a.model, a.ctx, a.fill, a.quick, stock=a.stock, cap_fractions=tuple(a.cap_fraction),
                threads=a.threads, runs=a.runs, n_predict=a.n_predict, disk_rates=a.disk, server=a.server,
                stock_server=a.stock_server, extra=a.extra, work_dir=a.work_dir,
                kv_window=a.kv_window, backends=a.backends, cap_base=a.cap_base, uncapped=a.uncapped,
-               say=lambda s: print(s, file=sys.stderr, flush=True))
+               say=say_stderr)
     m = rows[0]
     print("machine: " + "; ".join(f"{k} {m[k]}" for k in ("cpu", "cores", "ram", "disk", "kernel", "llama.cpp")))
     return emit(rows, a.json, table(rows))

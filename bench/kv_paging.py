@@ -32,14 +32,13 @@ Importable: run(...) -> list[dict]; table(rows) -> Markdown.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from diskllm.bench.kv_backend import (KV_WINDOW, Bench, Say, binaries, emit, kv_type_bytes,
-                                      measure_interleaved, setup)
+from diskllm.bench.kv_backend import (KV_WINDOW, Bench, Say, bench_parser, binaries, emit, kv_type_bytes,
+                                      measure_interleaved, say_stderr, setup)
 from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
 
 # name -> (extra llama-server flags, environment). "prefetch" is what `diskllm run` does
@@ -205,29 +204,20 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.kv_paging", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--ctx", type=int, default=8192)
-    ap.add_argument("--fill", type=int, default=7000)
-    ap.add_argument("--quick", action="store_true")
+    ap = bench_parser("bench.kv_paging", __doc__, ctx=8192, fill=7000)
     ap.add_argument("--fractions", type=float, nargs="*", default=[0.5, 0.25])
     ap.add_argument("--caps-mib", type=int, nargs="*", default=[],
                     help="absolute caps (MiB) beside the fractions, e.g. 2500 for the full-size 7B")
     ap.add_argument("--free-variants", nargs="*", choices=sorted(VARIANTS), default=list(FREE_VARIANTS))
     ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(DEFAULT_VARIANTS))
-    ap.add_argument("--runs", type=int)
-    ap.add_argument("--n-predict", type=int)
-    ap.add_argument("--threads", type=int)
     ap.add_argument("--kv-window", type=int, default=KV_WINDOW)
     ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
-    ap.add_argument("--json", type=Path)
     ap.add_argument("extra", nargs="*", help="after --: extra llama-server flags for every server (e.g. -ctk q8_0 -ctv q8_0)")
-    ap.add_argument("--work-dir", type=Path)
     a = ap.parse_args(argv)
     rows = run(a.model, a.ctx, a.fill, a.quick, fractions=a.fractions, variants=a.variants, runs=a.runs,
                n_predict=a.n_predict, threads=a.threads, server=a.server, kv_window=a.kv_window,
                extra=a.extra, work_dir=a.work_dir, caps=[c << 20 for c in a.caps_mib],
-               free_variants=a.free_variants, say=lambda s: print(s, file=sys.stderr, flush=True))
+               free_variants=a.free_variants, say=say_stderr)
     return emit(rows, a.json, table(rows))
 
 

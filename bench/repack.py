@@ -22,13 +22,13 @@ Importable: run(...) -> list[dict]; table(rows) -> Markdown.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from diskllm.bench.kv_backend import Bench, Say, _f, _mb, _ratio, binaries, emit, measure_interleaved, setup
+from diskllm.bench.kv_backend import (Bench, Say, _f, _mb, _ratio, bench_parser, binaries, emit,
+                                      measure_interleaved, say_stderr, setup)
 from diskllm.bench.machine import describe, drop_file_cache
 from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, repacked_bytes
 
@@ -161,24 +161,16 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.repack", description=__doc__.split("\n\n")[0])
+    ap = bench_parser("bench.repack", __doc__, ctx=32768, fill=2048, model=None)
     ap.add_argument("--layers", type=int, default=28, help="28 = the full model (~3.9 GB); 2 for a quick look")
-    ap.add_argument("--ctx", type=int, default=32768)
-    ap.add_argument("--fill", type=int, default=2048)
     ap.add_argument("--cap-gb", type=float, default=CAP_BYTES / 1e9, help="0: no capped runs")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS + PAGING_VARIANTS, default=list(VARIANTS))
     ap.add_argument("--cap-only", action="store_true", help="only the capped runs")
     ap.add_argument("ssd_extra", nargs="*", help="after --: more llama-server flags for the ssd servers")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--runs", type=int)
-    ap.add_argument("--n-predict", type=int)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--work-dir", type=Path)
     a = ap.parse_args(argv)
     rows = run(a.layers, a.ctx, a.fill, a.quick, cap=int(a.cap_gb * 1e9) or None,
                variants=tuple(a.variants), threads=a.threads, runs=a.runs, n_predict=a.n_predict,
-               work_dir=a.work_dir, side_by_side=not a.cap_only, ssd_extra=tuple(a.ssd_extra), say=lambda s: print(s, file=sys.stderr, flush=True))
+               work_dir=a.work_dir, side_by_side=not a.cap_only, ssd_extra=tuple(a.ssd_extra), say=say_stderr)
     return emit(rows, a.json, table(rows))
 
 

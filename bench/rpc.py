@@ -22,19 +22,18 @@ round trips into time on 1 and 10 Gbit/s links.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from diskllm.bench.kv_backend import Bench, _free_port, binaries, emit, setup
+from diskllm.bench.kv_backend import (Bench, _free_port, bench_parser, binaries, emit, measure_interleaved,
+                                      say_stderr, setup)
 from diskllm.core.build import rpc_server_path
 from diskllm.core.config import Config
 from diskllm.core.paths import Home
@@ -117,14 +116,14 @@ def _split_argv(binary: Path, model: Path, ctx: int, workers: list[str]) -> list
 
 def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 2000, quick: bool = False, *,
         threads: int | None = None, runs: int | None = None, n_predict: int | None = None,
-        say: Say = print, server: Path | None = None) -> list[dict[str, Any]]:
+        say: Say = print, server: Path | None = None, work_dir: Path | None = None) -> list[dict[str, Any]]:
     runs = runs or (2 if quick else 5)
     n_predict = n_predict or (16 if quick else 64)
     binary = binaries(False, say, server)["patched"]
     rpc_bin = rpc_server_path(binary)
     if not rpc_bin.is_file():
         raise SystemExit(f"error: no rpc-server beside {binary} (an older build: diskllm build --force)")
-    st = setup(model, ctx, threads, None, "diskllm-bench-rpc-")
+    st = setup(model, ctx, threads, work_dir, "diskllm-bench-rpc-")
     home = Home(st.work / "home").ensure()
     workers: list[RunningWorker] = []
     try:
@@ -142,22 +141,18 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 2000, quick:
         del split.argv[ngl:ngl + 2]                       # the -ngl 0 of a single host
         split.argv[1:1] = split_flags
         split.row["command"] = " ".join(split.argv)
-        benches = [single, split]
-        for b in benches:
-            b.start()
-        for b in benches:
-            b.fill_prompt()
-        for i in range(runs):
-            for b in benches:
-                b.decode_once(i, runs)
-        # the workers' share of the model, read while the split server still holds it
-        worker_anon = [m.rss_anon for m in (worker_memory(w.entry) for w in workers) if m]
-        rows = [b.finish() for b in benches]
+        worker_anon: list[int] = []
+
+        def read_workers() -> None:  # the workers' share of the model, while the split server holds it
+            worker_anon.extend(m.rss_anon for m in (worker_memory(w.entry) for w in workers) if m)
+
+        rows = measure_interleaved([single, split], runs, before_finish=read_workers)
         rows[1]["workers_rss_anon"] = worker_anon
     finally:
         for w in workers:
             asyncio.run(stop_worker(w))
-        shutil.rmtree(st.work, ignore_errors=True)
+        if not work_dir:
+            shutil.rmtree(st.work, ignore_errors=True)
     for r in rows:
         r["kind"] = "rpc"
     rows.append({"kind": "machine", "model": st.model.name, "runs": runs, "n_predict": n_predict,
@@ -200,18 +195,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.rpc", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--ctx", type=int, default=8192)
-    ap.add_argument("--fill", type=int, default=2000)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", type=Path)
+    ap = bench_parser("bench.rpc", __doc__, ctx=8192, fill=2000)
     a = ap.parse_args(argv)
     if a.quick:
         a.ctx, a.fill = 2048, 256
-    rows = run(a.model, a.ctx, a.fill, a.quick, threads=a.threads,
-               say=lambda s: print(s, file=sys.stderr, flush=True))
+    rows = run(a.model, a.ctx, a.fill, a.quick, threads=a.threads, runs=a.runs, n_predict=a.n_predict,
+               work_dir=a.work_dir, say=say_stderr)
     return emit(rows, a.json, table(rows))
 
 
