@@ -26,8 +26,10 @@ ENV: tuple[EnvVar, ...] = (
     EnvVar("DISKLLM_DEBUG=1", "tracebacks for unexpected errors"),
     EnvVar("DISKLLM_KV_PREFETCH_FORCE=1", "(read by llama-server) keep the read-ahead on although nothing is "
                                           "paged; benchmarks use it to measure its cost"),
-    EnvVar("DISKLLM_KV_READ=pread", "(read by llama-server) with `--kv-budget`, read the cold KV ahead with "
-                                    "blocking pread instead of MADV_WILLNEED; benchmarks compare the two"),
+    EnvVar("DISKLLM_KV_READ", "(read by llama-server) with `--kv-budget`: `direct` reads the streamed "
+                                           "weights with O_DIRECT into windows swapped over the mapping (patches/0009); "
+                                           "`pread` reads ahead with blocking pread; default MADV_WILLNEED; "
+                                           "benchmarks compare them"),
 )
 _NAMES = {v.name.split("=")[0] for v in ENV}
 
