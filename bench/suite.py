@@ -44,6 +44,7 @@ class Config:
     variants: tuple[str, ...] = ()  # repack: the servers compared (default: all of bench.repack's)
     runs: int = 0                   # repack: decode runs per server (0 = the module's default)
     n_predict: int = 0
+    cap_only: bool = False          # repack: only the capped runs (each server alone)
 
     def _repack_command(self) -> str:
         cmd = f"python -m bench.repack --ctx {self.ctx} --fill {self.fill} --cap-gb {self.cap_gb:g}"
@@ -53,6 +54,8 @@ class Config:
             cmd += f" --runs {self.runs}"
         if self.n_predict:
             cmd += f" --n-predict {self.n_predict}"
+        if self.cap_only:
+            cmd += " --cap-only"
         return cmd
 
     def command(self) -> str:
@@ -94,9 +97,12 @@ def plan(quick: bool) -> list[Config]:
         Config("paging", "qwen7b-geom", 16384, 7000, fractions=(0.5, 0.25)),
         Config("paging", "smollm2", 8192, 7000, tuple(Q8), fractions=(0.5, 0.25), label="q8_0"),
         # 28 layers on 2 cores: prefill ~2.5 tok/s and decode ~1.5 tok/s, so 512 filled
-        # tokens is what fits "a few minutes" per server; 64K leaves out the cache variant
-        Config("repack", "qwen7b-full", 32768, 512, cap_gb=2.5, runs=2, n_predict=16),
-        Config("repack", "qwen7b-full", 65536, 512, variants=("stock", "ram", "ssd"), runs=2, n_predict=16),
+        # tokens is what fits "a few minutes" per server; 64K leaves out the cache variant.
+        # Under the cap (each server alone) decode is ~0.3 tok/s: 2 x 8 tokens.
+        Config("repack", "qwen7b-full", 32768, 512, runs=4, n_predict=16),
+        Config("repack", "qwen7b-full", 32768, 512, cap_gb=2.5, cap_only=True, runs=2, n_predict=8,
+               variants=("stock", "ram", "ssd", "ssd-direct", "ssd-faults")),
+        Config("repack", "qwen7b-full", 65536, 512, variants=("stock", "ram", "ssd"), runs=3, n_predict=16),
         Config("rpc", "smollm2", 8192, 2000),
     ]
 
@@ -124,7 +130,7 @@ def _run_config(c: Config, quick: bool, say: Say) -> list[dict[str, Any]]:
     if c.section == "repack":
         return repack.run(28, c.ctx, c.fill, quick, cap=int(c.cap_gb * 1e9) or None, say=say,
                           variants=c.variants or repack.VARIANTS, runs=c.runs or None,
-                          n_predict=c.n_predict or None)
+                          n_predict=c.n_predict or None, side_by_side=not c.cap_only)
     if c.section == "rpc":
         return rpc.run(c.model, c.ctx, c.fill, quick, say=say)
     if c.section == "paging":
