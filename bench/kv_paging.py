@@ -12,8 +12,10 @@ One model and fill, in one go:
    sequential O_DIRECT read rate measured in the same run.
 
 Variants (issue 14): "faults" (no read-ahead), "prefetch" (patch 0004's read-ahead,
-residency left to the kernel's LRU: `--kv-budget off`) and "budget" (patch 0006, the
-default: a resident set that fits the budget, the rest streamed with drop-behind).
+residency left to the kernel's LRU: `--kv-budget off`), "budget-stream" (patch 0006:
+a resident set that fits the budget, the rest streamed with drop-behind) and
+"budget" (the default: 0006, or plain faults where the server timed them faster,
+patch 0010).
 Against the physical limit: W = KV used + weights, B = cap - private memory (the
 cap's room for KV + weights); "x limit" = decode / min(disk rate / (W - B), the same
 variant's decode without a cap); "/ (W-B)" = bytes read per token over W - B.
@@ -55,8 +57,11 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "prefetch-4": (OFF + ["--kv-prefetch", "4"], {}),
     # the read-ahead machinery switched on although nothing is paged: what it costs
     "prefetch-forced": (OFF, {"DISKLLM_KV_PREFETCH_FORCE": "1"}),
-    # patch 0006, the default: budget, resident set, drop-behind
+    # the default: budget, resident set, drop-behind (patch 0006), or plain faults where
+    # the server timed them faster (patch 0010)
     "budget": ([], {}),
+    # patch 0006 alone: always streaming
+    "budget-stream": ([], {"DISKLLM_KV_PATH": "stream"}),
     "budget-4": (["--kv-prefetch", "4"], {}),
     "budget-16": (["--kv-prefetch", "16"], {}),
     "budget-32": (["--kv-prefetch", "32"], {}),
@@ -68,7 +73,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     # MADV_WILLNEED (measured slower)
     "budget-pread": ([], {"DISKLLM_KV_READ": "pread"}),
 }
-DEFAULT_VARIANTS = ("faults", "prefetch", "budget")
+DEFAULT_VARIANTS = ("faults", "prefetch", "budget-stream", "budget")
 FREE_VARIANTS = ("faults", "prefetch", "budget")  # beside ram without a cap
 
 

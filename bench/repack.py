@@ -35,9 +35,13 @@ from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, re
 VARIANTS = ("stock", "ram", "ssd", "ssd-repack-cache")
 # what the ssd server's paging does under the cap: its budget off (0004's read-ahead and
 # the kernel's LRU), and neither (plain page faults)
-PAGING_VARIANTS = ("ssd-budget-off", "ssd-faults", "ssd-direct", "ssd-willneed")
-# the streamed weights' read path (patches/0009), picked by DISKLLM_KV_READ
-READ_PATHS = {"ssd-direct": "direct", "ssd-willneed": "willneed"}
+PAGING_VARIANTS = ("ssd-budget-off", "ssd-faults", "ssd-stream", "ssd-direct", "ssd-direct-stream")
+# environment of the variants that pin one way: the streamed weights' read path
+# (patches/0009, DISKLLM_KV_READ) and streaming vs plain faults (patches/0010,
+# DISKLLM_KV_PATH; "ssd" and "ssd-direct" let the server time both and choose)
+VARIANT_ENV = {"ssd-direct": {"DISKLLM_KV_READ": "direct"},
+               "ssd-stream": {"DISKLLM_KV_PATH": "stream"},
+               "ssd-direct-stream": {"DISKLLM_KV_READ": "direct", "DISKLLM_KV_PATH": "stream"}}
 CAP_BYTES = int(2.5e9)
 
 
@@ -49,7 +53,7 @@ def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
         return "ssd", ["--repack-cache", str(cache)]
     if variant == "ssd-budget-off":
         return "ssd", ["--no-repack", "--kv-budget", "off"]
-    if variant in READ_PATHS:
+    if variant in VARIANT_ENV:
         return "ssd", ["--no-repack"]
     if variant == "ssd-faults":
         return "ssd", ["--no-repack", "--kv-budget", "off", "--kv-prefetch", "0"]
@@ -80,7 +84,7 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
         backend, extra = _flags(variant, cache)
         if backend == "ssd":
             extra = extra + list(ssd_extra)
-        env = {"DISKLLM_KV_READ": READ_PATHS[variant]} if variant in READ_PATHS else None
+        env = VARIANT_ENV.get(variant)
         return Bench(backend, bins["stock" if backend == "stock" else "patched"], model, ctx, fill,
                      threads=s.threads, ctx_override=s.ctx_override, n_predict=n_predict, work=s0.work, say=say,
                      extra=extra, label=variant, env=env, **kw)

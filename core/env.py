@@ -30,6 +30,9 @@ ENV: tuple[EnvVar, ...] = (
                                            "weights with O_DIRECT into windows swapped over the mapping (patches/0009); "
                                            "`pread` reads ahead with blocking pread; default MADV_WILLNEED; "
                                            "benchmarks compare them"),
+    EnvVar("DISKLLM_KV_PATH", "(read by llama-server) with `--kv-budget auto`: `stream` or `faults` fixes how "
+                              "what does not fit is read; default: both are timed on the live decode and the "
+                              "faster is kept (patches/0010); benchmarks pin one"),
 )
 _NAMES = {v.name.split("=")[0] for v in ENV}
 

@@ -607,6 +607,7 @@ class PagingStats:
     resident: int                 # bytes kept resident
     streamed_per_token: int       # bytes released and read again every token
     read_per_second: float        # storage reads during compute
+    read_path: str = ""           # "stream" or "faults" (patches/0010: whichever the server timed faster)
 
     @property
     def more_ram_helps(self) -> int:
@@ -627,7 +628,8 @@ def paging_stats(kv_dir: Path, pid: int) -> PagingStats | None:
             continue
         return PagingStats(bool(d.get("active")), int(d.get("budget_bytes") or 0), str(d.get("budget_source", "")),
                            int(d.get("working_set_bytes") or 0), int(d.get("resident_bytes") or 0),
-                           int(d.get("streamed_bytes_per_token") or 0), float(d.get("read_bytes_per_second") or 0))
+                           int(d.get("streamed_bytes_per_token") or 0), float(d.get("read_bytes_per_second") or 0),
+                           str(d.get("read_path") or ""))
     return None
 
 

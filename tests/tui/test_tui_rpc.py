@@ -48,3 +48,16 @@ def test_memory_pane_shows_the_split():
     assert "Split over 2 RPC workers" in text and "(-ngl 21)" in text
     assert "main: layers 0-9" in text and "127.0.0.1:50052: layers 10-20" in text and "(SSD)" in text
     assert MemoryScreen._split_lines(replace(entry, rpc=[]), fake.SMOL) == []
+
+
+def test_memory_pane_says_why_paging_is_slow():
+    """The paging lines: budget, resident set, streamed bytes, and the way the server
+    timed faster (patches/0010)."""
+    from diskllm.core.server import PagingStats
+    p = PagingStats(True, 600 << 20, "cgroup", 1000 << 20, 580 << 20, 420 << 20, 900e6, "stream")
+    lines = MemoryScreen._paging_lines(p)
+    assert any("budget 600" in x and "(cgroup)" in x for x in lines)
+    assert not any("page faults" in x for x in lines)
+    assert "by plain page faults (faster here)" in MemoryScreen._paging_lines(replace(p, read_path="faults"))
+    assert MemoryScreen._paging_lines(replace(p, active=False)) == []
+    assert MemoryScreen._paging_lines(None) == []

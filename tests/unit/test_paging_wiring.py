@@ -49,5 +49,8 @@ def test_ps_says_why_a_reply_is_slow(tmp_path: Path):
     (tmp_path / "diskllm-kv-4242-paging.json").write_text(json.dumps(STATS))
     text = paging_text(paging_stats(tmp_path, 4242))
     assert "budget 600.0 MiB (cgroup)" in text and "streams 420.0 MiB/token" in text and "+420.0 MiB RAM" in text
+    assert "page faults" not in text
+    (tmp_path / "diskllm-kv-4242-paging.json").write_text(json.dumps({**STATS, "read_path": "faults"}))
+    assert "by plain page faults (timed faster here)" in paging_text(paging_stats(tmp_path, 4242))
     assert paging_text(None) == "-"
     assert paging_text(paging_stats(tmp_path, 1)) == "-"

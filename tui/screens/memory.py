@@ -13,6 +13,7 @@ from textual.widgets import Label, Static
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.models.show import estimate_memory
 from diskllm.core.rpc.split import plan_split
+from diskllm.core.server import PagingStats
 
 from .. import messages as m
 from ..state import human_bytes
@@ -77,17 +78,24 @@ class MemoryScreen(PaneScreen):
             if info is not None and entry.kv_backend == "ssd":
                 saved = estimate_memory(info, entry.ctx).ram_private
                 lines.append(f"KV kept off RAM: up to {human_bytes(saved)}")
-            p = last.paging
-            if p is not None and p.active:  # why a reply is slow, and what more RAM would buy
-                lines.append("")
-                lines.append(f"[b]Paging[/b] budget {human_bytes(p.budget)} ({p.budget_source})")
-                lines.append(f"resident {human_bytes(p.resident)} of {human_bytes(p.working_set)}")
-                lines.append(f"streams {human_bytes(p.streamed_per_token)}/token")
-                lines.append(f"reads {human_bytes(int(p.read_per_second))}/s")
-                lines.append(f"+{human_bytes(p.more_ram_helps)} RAM: no streaming")
+            lines += self._paging_lines(last.paging)
         else:
             lines.append("waiting for the first reading…")
         box.update("\n".join(lines))
+
+    @staticmethod
+    def _paging_lines(p: PagingStats | None) -> list[str]:
+        """While paging: why a reply is slow, and what more RAM would buy."""
+        if p is None or not p.active:
+            return []
+        lines = ["", f"[b]Paging[/b] budget {human_bytes(p.budget)} ({p.budget_source})",
+                 f"resident {human_bytes(p.resident)} of {human_bytes(p.working_set)}",
+                 f"streams {human_bytes(p.streamed_per_token)}/token"]
+        if p.read_path == "faults":
+            lines.append("by plain page faults (faster here)")
+        lines += [f"reads {human_bytes(int(p.read_per_second))}/s",
+                  f"+{human_bytes(p.more_ram_helps)} RAM: no streaming"]
+        return lines
 
     @staticmethod
     def _split_lines(entry, info) -> list[str]:
