@@ -133,7 +133,7 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
             for v in variants:
                 say(f"{v} under {cap / 2**20:.0f} MiB = RssAnon {private / 2**20:.0f} + {f:g} x "
                     f"(KV {kv_used / 2**20:.0f} + weights {info.file_size / 2**20:.0f}) MiB")
-                drop_file_cache(model_path)
+                drop_file_cache(model_path, verify=True)
                 r = measure_interleaved([bench("ssd", v, cap=cap, cap_fraction=f)], runs)[0]
                 rows.append({"kind": "paging", **r, "private_base": private, "paged_base": base,
                              "room": cap - private})

@@ -65,11 +65,53 @@ def describe(kv_dir: Path | None = None) -> dict[str, str]:
     }
 
 
-def drop_file_cache(path: Path) -> None:
-    """Evict a file's clean pages from the page cache, so the next reader reads (and is charged for) them."""
+def drop_file_cache(path: Path, verify: bool = False, wait: float = 20.0) -> None:
+    """Evict a file's clean pages from the page cache, so the next reader reads (and is charged for) them.
+
+    `verify`: check with mincore that they went, retrying for `wait` s, and raise if more than
+    2% stayed. Pages another process still maps cannot be dropped; a capped server would then
+    use them without reading or being charged for them, and its figures would be wrong
+    (a server of the last run that has not quite exited is enough)."""
+    deadline = time.monotonic() + wait
+    while True:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        left = cached_fraction(path) if verify else 0.0
+        if left <= 0.02:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path.name}: {left:.0%} still in the page cache after dropping it; "
+                               "another process maps it (a server still running?)")
+        time.sleep(0.5)
+
+
+def cached_fraction(path: Path) -> float:
+    """The part of a file's pages in the page cache (mincore over a read-only mapping)."""
+    import ctypes
+    size = path.stat().st_size
+    if size == 0:
+        return 0.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return 0.0
+        try:
+            vec = (ctypes.c_ubyte * pages)()
+            if libc.mincore(addr, size, vec) != 0:
+                return 0.0
+            return sum(b & 1 for b in vec) / pages
+        finally:
+            libc.munmap(addr, size)
     finally:
         os.close(fd)
 

@@ -35,12 +35,13 @@ from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, re
 VARIANTS = ("stock", "ram", "ssd", "ssd-repack-cache")
 # what the ssd server's paging does under the cap: its budget off (0004's read-ahead and
 # the kernel's LRU), and neither (plain page faults)
-PAGING_VARIANTS = ("ssd-budget-off", "ssd-faults", "ssd-stream", "ssd-direct", "ssd-direct-stream")
+PAGING_VARIANTS = ("ssd-budget-off", "ssd-faults", "ssd-stream", "ssd-stream-normal", "ssd-direct", "ssd-direct-stream")
 # environment of the variants that pin one way: the streamed weights' read path
 # (patches/0009, DISKLLM_KV_READ) and streaming vs plain faults (patches/0010,
 # DISKLLM_KV_PATH; "ssd" and "ssd-direct" let the server time both and choose)
 VARIANT_ENV = {"ssd-direct": {"DISKLLM_KV_READ": "direct"},
                "ssd-stream": {"DISKLLM_KV_PATH": "stream"},
+               "ssd-stream-normal": {"DISKLLM_KV_PATH": "stream"},
                "ssd-direct-stream": {"DISKLLM_KV_READ": "direct", "DISKLLM_KV_PATH": "stream"}}
 CAP_BYTES = int(2.5e9)
 
@@ -53,6 +54,8 @@ def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
         return "ssd", ["--repack-cache", str(cache)]
     if variant == "ssd-budget-off":
         return "ssd", ["--no-repack", "--kv-budget", "off"]
+    if variant == "ssd-stream-normal":  # no --kv-advice sequential: the resident set keeps its recency
+        return "ssd", ["--no-repack", "--kv-advice", "normal"]
     if variant in VARIANT_ENV:
         return "ssd", ["--no-repack"]
     if variant == "ssd-faults":
@@ -103,9 +106,9 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
         if cap:
             ctx = ctxs[0]
             for v in variants:
-                drop_file_cache(model)
+                drop_file_cache(model, verify=True)
                 if cache.exists():
-                    drop_file_cache(cache)
+                    drop_file_cache(cache, verify=True)
                 say(f"{v} under a {cap / 1e9:.1f} GB cap (server + page cache), -c {ctx}")
                 rows.append({"kind": "repack-cap", **measure_interleaved(
                     [bench(v, ctx, cap=cap, cap_fraction=round(cap / s0.info.file_size, 3))],

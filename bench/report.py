@@ -364,10 +364,39 @@ def _targets(res: Any) -> list[str]:
                  f"{r:.2f} ({pref['kv_read_Bps'] / 1e6:.0f} of {disk['seq_read_Bps'] / 1e6:.0f} MB/s; faults "
                  f"{_f(rf)}); decode {_f(pref.get('decode_tps'))} vs {_f(faults.get('decode_tps') if faults else None)} tok/s "
                  f"with faults", r >= 0.7)
+        for target in _paging_targets(run, disk, name):
+            line(*target)
         free = {r["variant"]: r for r in _rows(run, "free")}
         if free.get("prefetch", {}).get("decode_tps") and free.get("ram", {}).get("decode_tps"):
             r = free["prefetch"]["decode_tps"] / free["ram"]["decode_tps"]
             line(f"issue 8, {name}: decode ssd/ram >= 0.95 without a cap (prefetcher idle)", f"{r:.2f}", r >= 0.95)
+    return out
+
+
+def _paging_targets(run: dict[str, Any], disk: dict[str, Any] | None, name: str) -> list[tuple[str, str, bool]]:
+    """Issue 14's targets for the default ("budget") rows of a paging run, at each cap."""
+    out: list[tuple[str, str, bool]] = []
+    rows, free = _rows(run, "paging"), _rows(run, "free")
+    seq = disk["seq_read_Bps"] if disk else None
+    for r in (x for x in rows if x["variant"] == "budget" and x.get("answered")):
+        cap = f"{r['cap_fraction']:g} cap"
+        tps, per_tok, rate = r.get("decode_tps"), r.get("read_bytes_per_token"), r.get("kv_read_Bps")
+        lim = kv_paging.limit_tps(r, seq, free)
+        stream = r.get("paged_base", 0) - r.get("room", 0)
+        faults = next((x for x in rows if x["variant"] == "faults" and x["cap_fraction"] == r["cap_fraction"]
+                       and x.get("answered")), None)
+        if tps and lim:
+            out.append((f"issue 14, {name}, {cap}: decode >= 0.7 x the limit", f"{tps / lim:.2f} "
+                        f"({tps:.2f} of {lim:.2f} tok/s)", tps / lim >= 0.7))
+        if per_tok and stream > 0:
+            out.append((f"issue 14, {name}, {cap}: read per token <= 1.15 x (W - B)", f"{per_tok / stream:.2f}",
+                        per_tok / stream <= 1.15))
+        if rate and seq:
+            out.append((f"issue 14, {name}, {cap}: storage read rate >= 0.85 x O_DIRECT sequential",
+                        f"{rate / seq:.2f} ({rate / 1e6:.0f} of {seq / 1e6:.0f} MB/s)", rate / seq >= 0.85))
+        if tps and faults and faults.get("decode_tps"):
+            out.append((f"issue 14, {name}, {cap}: never slower than plain faults (3% noise allowed)", f"{tps / faults['decode_tps']:.2f} x "
+                        f"faults ({tps:.2f} vs {faults['decode_tps']:.2f} tok/s)", tps >= faults["decode_tps"] * 0.97))
     return out
 
 
