@@ -39,7 +39,7 @@ from diskllm.bench.machine import describe, disk_read_rates
 from diskllm.core.build import ensure_server, server_supports_kv_flags
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
-from diskllm.core.server import kv_disk_bytes, kv_mapping_resident, memory_of
+from diskllm.core.server import kv_disk_bytes, kv_mapping_resident, memory_of, paging_stats
 
 Say = Callable[[str], None]
 
@@ -292,6 +292,19 @@ def _exit_text(rc: int | None) -> str:
 
 # --- one row ------------------------------------------------------------------
 
+def path_note(r: dict[str, Any]) -> str:
+    """The read path a paging ssd server was on after its last run, and what it timed (patches/0010)."""
+    paths = r.get("read_paths") or []
+    if not paths or not paths[-1]:
+        return ""
+    t = r.get("timed_s_per_token") or {}
+    timed = ", ".join(f"{k} {v:.2f}" for k, v in (("faults", t.get("faults", -1)), ("streaming", t.get("stream", -1)))
+                      if v is not None and v > 0)
+    margin = r.get("paging_margin") or 0
+    return (f"on {'plain faults' if paths[-1] == 'faults' else 'streaming'}" + (f" (timed {timed} s/token)" if timed else "")
+            + (f", margin {margin / 2**20:.0f} MiB" if margin else ""))
+
+
 class Bench:
     """One backend's server through its phases: start, fill, decode runs, memory, stop."""
 
@@ -323,6 +336,7 @@ class Bench:
         self.prompt: list[int] = []
         self.tps: list[float] = []
         self.reads: list[dict] = []
+        self.paths: list[str] = []  # the ssd server's read path after each run (patches/0010)
         self.phase = "starting"
 
     @property
@@ -397,6 +411,7 @@ class Bench:
         t = r.get("timings", {})
         n = t.get("predicted_n") or 0
         self.tps.append(t.get("predicted_per_second") or 0.0)
+        self._note_paging(pid)
         if n:
             self.reads.append({
                 "read_bytes_per_token": (io1.get("read_bytes", 0) - io0.get("read_bytes", 0)) / n,
@@ -406,6 +421,16 @@ class Bench:
             self.row["runs_cut"] = f"stopped after {i + 1} run(s): one run took {n / self.tps[-1]:.0f} s"
         self.say(f"  {self.label}: decode run {i + 1}/{runs}: {self.tps[-1]:.2f} tok/s ({n} tokens, "
                  f"prompt re-evaluated {t.get('prompt_n')}, load {os.getloadavg()[0]:.1f})")
+
+    def _note_paging(self, pid: int) -> None:
+        """What the server's paging chose and timed (its stats file), while it runs."""
+        st = paging_stats(self.kv_dir, pid) if self.kv_dir else None
+        if st is None or not st.active:
+            return
+        self.paths.append(st.read_path)
+        self.row["read_paths"] = self.paths
+        self.row["timed_s_per_token"] = {"faults": st.faults_s_per_token, "stream": st.streaming_s_per_token}
+        self.row["paging_margin"] = st.margin
 
     def finish(self) -> dict[str, Any]:
         row, srv = self.row, self.srv

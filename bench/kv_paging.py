@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from diskllm.bench.kv_backend import (KV_WINDOW, Bench, Say, bench_parser, binaries, emit, kv_type_bytes,
-                                      measure_interleaved, say_stderr, setup)
+                                      measure_interleaved, path_note, say_stderr, setup)
 from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
 
 # name -> (extra llama-server flags, environment). "prefetch" is what `diskllm run` does
@@ -191,7 +191,7 @@ def table(rows: list[dict]) -> str:
             faults = next((x.get("decode_tps") for x in paging
                            if x["variant"] == "faults" and x["cap_fraction"] == r["cap_fraction"]), None)
             tps = r.get("decode_tps")
-            note = "; ".join(x for x in (r.get("runs_cut"), r.get("error")) if x) or ""
+            note = "; ".join(x for x in (r.get("runs_cut"), r.get("error"), path_note(r)) if x)
             lim = limit_tps(r, seq, free)
             stream = r.get("paged_base", 0) - r.get("room", 0)
             out.append(f"| {r['cap_fraction']:g} = {r['cap_bytes'] / 1e6:.0f} MB | {r['variant']} | {_f(tps, '.2f')} "

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from diskllm.bench.kv_backend import (Bench, Say, _f, _mb, _ratio, bench_parser, binaries, emit,
-                                      measure_interleaved, say_stderr, setup)
+                                      measure_interleaved, path_note, say_stderr, setup)
 from diskllm.bench.machine import describe, drop_file_cache
 from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, repacked_bytes
 
@@ -158,12 +158,14 @@ def table(rows: list[dict]) -> str:
                            f"| {_ratio(r.get('vm_hwm'), stock.get('vm_hwm'))} | |")
     caps = [r for r in rows if r["kind"] == "repack-cap"]
     if caps:
+        n_runs = max((len(r.get("decode_runs") or []) for r in caps), default=0)
         out += ["", f"Under a {caps[0]['cap_bytes'] / 1e9:.1f} GB cap (server + page cache), -c {caps[0]['ctx']}, "
-                    f"each server alone:", "",
+                    f"each server alone, decode = median of {n_runs} x {m.get('n_predict')} tokens:", "",
                 "| server | started | answered | decode tok/s | read / token MB | cgroup peak MB | what happened |",
                 "|---|---|---|---:|---:|---:|---|"]
         for r in caps:
             what = "; ".join(x for x in (r.get("runs_cut"), r.get("error")) if x) or "answered"
+            what = "; ".join(x for x in (what, path_note(r)) if x)
             if r.get("oom_kills"):
                 what = f"OOM-killed in the cgroup: {what}"
             out.append(f"| {r['variant']} | {'yes' if r['started'] else 'no'} | {'yes' if r['answered'] else 'no'} "

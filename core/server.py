@@ -608,6 +608,9 @@ class PagingStats:
     streamed_per_token: int       # bytes released and read again every token
     read_per_second: float        # storage reads during compute
     read_path: str = ""           # "stream" or "faults" (patches/0010: whichever the server timed faster)
+    faults_s_per_token: float = -1.0     # its last timing of each way (decode; -1 = not timed)
+    streaming_s_per_token: float = -1.0
+    margin: int = 0                      # bytes kept free because reclaim took part of the resident set
 
     @property
     def more_ram_helps(self) -> int:
@@ -629,7 +632,8 @@ def paging_stats(kv_dir: Path, pid: int) -> PagingStats | None:
         return PagingStats(bool(d.get("active")), int(d.get("budget_bytes") or 0), str(d.get("budget_source", "")),
                            int(d.get("working_set_bytes") or 0), int(d.get("resident_bytes") or 0),
                            int(d.get("streamed_bytes_per_token") or 0), float(d.get("read_bytes_per_second") or 0),
-                           str(d.get("read_path") or ""))
+                           str(d.get("read_path") or ""), float(d.get("seconds_per_token_faults", -1)),
+                           float(d.get("seconds_per_token_streaming", -1)), int(d.get("margin_bytes") or 0))
     return None
 
 
