@@ -4,8 +4,11 @@ memory cgroup too small for their KV + weights, so every token streams pages fro
 - outputs equal the RAM backend's under the cap, for a dense (SmolLM2), an iSWA (Gemma-3)
   and a hybrid (synthesized lfm2) model;
 - lowering the cap while a reply is decoding makes the server release memory, not die;
-- `--kv-budget MIB` is honoured: the server reports the budget it uses (stats file, log)
-  and the pages of the KV file and the model it keeps resident stay within it;
+- both ways of reading what does not fit, streaming and plain page faults, are timed on
+  the live decode and give the same outputs (patches/0010);
+- `--kv-budget MIB` is honoured: the server reports the budget it uses (stats file, log),
+  the pages of the KV file and the model it keeps resident stay within it, and it never
+  leaves them to page faults;
 - the prefetch thread, the KV files and the paging stats file go away with the server.
 
 The cap is real, not simulated: skipped where this process may not create a child memory
@@ -215,6 +218,10 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         assert got == expected
         # it really streamed: the budget came from the cgroup and the working set exceeded it
         assert st["streaming"] and st["budget_source"].startswith("cgroup"), st
+        # both ways were timed on these decode graphs (patches/0010), and the outputs above
+        # came out of both
+        assert st["seconds_per_token_streaming"] > 0 and st["seconds_per_token_faults"] > 0, st
+        assert st["read_path"] in ("stream", "faults"), st
         _assert_budget_from_cgroup(st, srv.proc.pid, cg.limit)
         assert read > min(info_size(model), working_set // 2), read
         assert "kv-budget:" in srv.text()
@@ -290,6 +297,8 @@ async def test_budget_flag_is_honoured(home: Home, server_binary: Path, smollm2_
         print(f"\n--kv-budget 64: resident KV + weights {resident / 2**20:.1f} MiB; stats {st}")
         assert st["budget_bytes"] == budget and st["budget_source"] == "--kv-budget", st
         assert st["streaming"] and st["working_set_bytes"] > budget
+        # a budget set by hand always streams: page faults could not keep it (patches/0010)
+        assert st["read_path"] == "stream" and st["seconds_per_token_faults"] < 0, st
         assert st["resident_bytes"] <= budget
         # reads in flight and the segment being computed come on top (--kv-prefetch 8 + 2 MiB)
         assert resident <= budget + (12 << 20), resident
