@@ -336,7 +336,6 @@ class Bench:
         self.prompt: list[int] = []
         self.tps: list[float] = []
         self.reads: list[dict] = []
-        self.paths: list[str] = []  # the ssd server's read path after each run (patches/0010)
         self.phase = "starting"
 
     @property
@@ -427,8 +426,7 @@ class Bench:
         st = paging_stats(self.kv_dir, pid) if self.kv_dir else None
         if st is None or not st.active:
             return
-        self.paths.append(st.read_path)
-        self.row["read_paths"] = self.paths
+        self.row.setdefault("read_paths", []).append(st.read_path)  # after each run
         self.row["timed_s_per_token"] = {"faults": st.faults_s_per_token, "stream": st.streaming_s_per_token}
         self.row["paging_margin"] = st.margin
 

@@ -145,9 +145,14 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
     return rows
 
 
+def streamed_part(r: dict) -> float:
+    """W - B of a paging row: KV used + weights minus the cap's room for them."""
+    return r.get("paged_base", 0) - r.get("room", r.get("cap_fraction", 0) * r.get("paged_base", 0))
+
+
 def limit_tps(r: dict, seq: float | None, free: list[dict]) -> float | None:
     """min(disk rate / (W - B), the same variant's uncapped decode) for a paging row."""
-    stream = r.get("paged_base", 0) - r.get("room", r.get("cap_fraction", 0) * r.get("paged_base", 0))
+    stream = streamed_part(r)
     uncapped = next((x.get("decode_tps") for x in free if x.get("variant") == r["variant"] and x.get("answered")), None)
     if uncapped is None:  # variants without an uncapped row: the default's
         uncapped = next((x.get("decode_tps") for x in free if x.get("variant") == "budget" and x.get("answered")), None)
@@ -193,7 +198,7 @@ def table(rows: list[dict]) -> str:
             tps = r.get("decode_tps")
             note = "; ".join(x for x in (r.get("runs_cut"), r.get("error"), path_note(r)) if x)
             lim = limit_tps(r, seq, free)
-            stream = r.get("paged_base", 0) - r.get("room", 0)
+            stream = streamed_part(r)
             out.append(f"| {r['cap_fraction']:g} = {r['cap_bytes'] / 1e6:.0f} MB | {r['variant']} | {_f(tps, '.2f')} "
                        f"| {_f(tps / faults if tps and faults else None, '.2f')} "
                        f"| {_f(tps / lim if tps and lim else None, '.2f')} "

@@ -394,7 +394,7 @@ def _paging_targets(run: dict[str, Any], disk: dict[str, Any] | None, name: str)
         cap = f"{r['cap_fraction']:g} cap"
         tps, per_tok, rate = r.get("decode_tps"), r.get("read_bytes_per_token"), r.get("kv_read_Bps")
         lim = kv_paging.limit_tps(r, seq, free)
-        stream = r.get("paged_base", 0) - r.get("room", 0)
+        stream = kv_paging.streamed_part(r)
         faults = next((x for x in rows if x["variant"] == "faults" and x["cap_fraction"] == r["cap_fraction"]
                        and x.get("answered")), None)
         if tps and lim:
