@@ -324,11 +324,8 @@ def _targets(res: Any) -> list[str]:
             line(f"issue 12: decode ssd/stock >= 0.95, stock at its defaults ({where})", f"{r:.2f}", r >= 0.95)
         capped = {r["variant"]: r for r in _rows(run, "repack-cap") if r.get("answered")}
         if capped.get("ssd", {}).get("decode_tps") and capped.get("ssd-faults", {}).get("decode_tps"):
-            a, f = capped["ssd"]["decode_tps"], capped["ssd-faults"]["decode_tps"]
-            line(f"issue 14, full-size 7B Q4_K under {c.get('cap_gb', 0):g} GB: never slower than plain faults "
-                 "(3% noise allowed)", f"{a / f:.2f} x faults ({a:.2f} vs {f:.2f} tok/s; reads "
-                 f"{capped['ssd']['read_bytes_per_token'] / 1e6:.0f} vs {capped['ssd-faults']['read_bytes_per_token'] / 1e6:.0f}"
-                 " MB per token)", a >= f * 0.97)
+            line(*_not_slower_than_faults(
+                f"issue 14, full-size 7B Q4_K under {c.get('cap_gb', 0):g} GB", capped["ssd"], capped["ssd-faults"]))
         if ssd.get("prefill_tps") and stock.get("prefill_tps"):
             r = ssd["prefill_tps"] / stock["prefill_tps"]
             rc = be.get("ssd-repack-cache", {}).get("prefill_tps")
@@ -407,9 +404,18 @@ def _paging_targets(run: dict[str, Any], disk: dict[str, Any] | None, name: str)
             out.append((f"issue 14, {name}, {cap}: storage read rate >= 0.85 x O_DIRECT sequential",
                         f"{rate / seq:.2f} ({rate / 1e6:.0f} of {seq / 1e6:.0f} MB/s)", rate / seq >= 0.85))
         if tps and faults and faults.get("decode_tps"):
-            out.append((f"issue 14, {name}, {cap}: never slower than plain faults (3% noise allowed)", f"{tps / faults['decode_tps']:.2f} x "
-                        f"faults ({tps:.2f} vs {faults['decode_tps']:.2f} tok/s)", tps >= faults["decode_tps"] * 0.97))
+            out.append(_not_slower_than_faults(f"issue 14, {name}, {cap}", r, faults))
     return out
+
+
+def _not_slower_than_faults(where: str, row: dict[str, Any], faults: dict[str, Any]) -> tuple[str, str, bool]:
+    """Issue 14's fourth target; 3% is the run-to-run noise of decode on this shared VM."""
+    a, f = row["decode_tps"], faults["decode_tps"]
+    reads = ""
+    if row.get("read_bytes_per_token") and faults.get("read_bytes_per_token"):
+        reads = f"; reads {row['read_bytes_per_token'] / 1e6:.0f} vs {faults['read_bytes_per_token'] / 1e6:.0f} MB per token"
+    return (f"{where}: never slower than plain faults (3% noise allowed)",
+            f"{a / f:.2f} x faults ({a:.2f} vs {f:.2f} tok/s{reads})", a >= f * 0.97)
 
 
 def render(res: Any) -> str:

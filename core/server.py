@@ -332,7 +332,7 @@ async def start_server(
         await _wait_healthy(server, log_path, timeout, progress)
     except BaseException:
         _kill_now(proc)
-        remove_dead_kv_files(home.kv_cache, proc.pid)  # an abort (e.g. a worker gone) skips the cleanup
+        remove_dead_kv_files(home.kv_cache, proc.pid, wait=10.0)  # an abort (e.g. a worker gone) skips the cleanup
         raise
     atomic_write_text(home.run / f"{proc.pid}.json", json.dumps(asdict(entry), indent=2))
     return server
@@ -500,7 +500,7 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
         _entry_file(entry).unlink(missing_ok=True)
         remove_slot_locks(_entry_file(entry).parent, entry.base_url)
         if not is_alive(entry):  # SIGKILL (or an abort before it) leaves the KV files
-            remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid)
+            remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid, wait=10.0)
 
 
 def forget_dead_server(entry: ServerEntry) -> list[Path]:
@@ -508,26 +508,34 @@ def forget_dead_server(entry: ServerEntry) -> list[Path]:
     (returned, removed)."""
     _entry_file(entry).unlink(missing_ok=True)
     remove_slot_locks(_entry_file(entry).parent, entry.base_url)
-    return remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid)
+    return remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid, wait=10.0)
 
 
-def remove_dead_kv_files(kv_dir: Path, pid: int) -> list[Path]:
+def remove_dead_kv_files(kv_dir: Path, pid: int, wait: float = 0.0) -> list[Path]:
     """Remove the KV files (and paging stats) of server `pid` once nobody holds their lock.
 
     The patched server flocks each file and unlinks it on a clean exit; an abort or
     SIGKILL leaves it for the next server's start-up to clean. Doing it here means a
-    crashed server's KV (possibly GBs, and conversation data) does not wait for that."""
+    crashed server's KV (possibly GBs, and conversation data) does not wait for that.
+    `wait`: seconds to wait for a held lock, for callers that know `pid` is dead. Its
+    main thread turns zombie while the other threads still exit, and the fd (with the
+    lock) closes only after the last one."""
     removed: list[Path] = []
+    deadline = time.monotonic() + wait
     for path in kv_files(kv_dir, pid):
-        try:
-            with open(path, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held = still in use: leave it
-                path.unlink()
-                removed.append(path)
-        except (BlockingIOError, FileNotFoundError):
-            continue
-        except OSError:
-            continue
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held = still in use: leave it
+                    path.unlink()
+                    removed.append(path)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            except OSError:  # FileNotFoundError included: gone already
+                break
     stats = Path(kv_dir) / f"diskllm-kv-{pid}-paging.json"
     if removed or not any(True for _ in kv_files(kv_dir, pid)):
         stats.unlink(missing_ok=True)
