@@ -21,7 +21,6 @@ import pytest
 
 from conftest import assert_one_line_error, free_port, run_cli
 from diskllm.core.build import rpc_server_path
-from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.rpc.probe import probe
 from diskllm.core.rpc.endpoints import Endpoint
