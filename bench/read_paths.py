@@ -1,5 +1,6 @@
 """Which read path streams a file at the disk's rate inside a memory cgroup at its limit
-(issue 14, item 3). One fresh file, read whole by each path in turn, each in a child
+(issue 14, item 3). One fresh file, read whole by each path in turn (rounds over all
+paths, median per path), each in a child
 process inside the same capped child cgroup, page cache dropped before each:
 
 - odirect:        O_DIRECT preadv, 1 MiB, one at a time (the disk's sequential rate)
@@ -10,7 +11,12 @@ process inside the same capped child cgroup, page cache dropped before each:
                   dropped (what patch 0004 does, residency left to the kernel's LRU)
 - willneed-drop:  the same with drop-behind (MADV_DONTNEED + POSIX_FADV_DONTNEED on what
                   was consumed): what patch 0006 does for the streamed part
-- io_uring:       whether io_uring_setup is allowed here (not a read path we keep)
+- uring-qdN[-4m]:  O_DIRECT reads through io_uring with N in flight (1 MiB, or 4 MiB
+                  blocks), by fio when it is installed: does a queue depth get more
+                  from the device than one read at a time?
+- fio-psync:      odirect's reads issued by fio (checks the two tools agree)
+- direct-4jobs:   O_DIRECT preadv by 4 readers, each a quarter of the file (fio)
+- io_uring:       whether io_uring_setup is allowed here
 
     python -m bench.read_paths --mib 1024 --cap-mib 192
 """
@@ -21,6 +27,8 @@ import ctypes
 import json
 import mmap
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +41,16 @@ RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)
 BLOCK = 1 << 20
 PIECE = 2 << 20
 PATHS = ("odirect", "buffered", "buffered-drop", "dontcache", "willneed", "willneed-drop")
+# fio job options per path; fio is optional (apt-get install fio)
+FIO_PATHS: dict[str, tuple[str, ...]] = {
+    "fio-psync": ("--ioengine=psync", "--bs=1M"),  # the same reads as odirect, issued by fio
+    "uring-qd1": ("--ioengine=io_uring", "--iodepth=1", "--bs=1M"),
+    "uring-qd4": ("--ioengine=io_uring", "--iodepth=4", "--bs=1M"),
+    "uring-qd16": ("--ioengine=io_uring", "--iodepth=16", "--bs=1M"),
+    "uring-qd16-4m": ("--ioengine=io_uring", "--iodepth=16", "--bs=4M"),
+    "direct-4jobs": ("--ioengine=psync", "--bs=1M", "--numjobs=4", "--offset_increment={quarter}",
+                     "--size={quarter}", "--group_reporting"),
+}
 
 
 def _read(path: str, how: str, ahead: int) -> float:
@@ -77,6 +95,18 @@ def _read(path: str, how: str, ahead: int) -> float:
     return size / dt
 
 
+def _fio_argv(path: Path, how: str) -> list[str]:
+    quarter = str(path.stat().st_size // 4)
+    opts = [o.replace("{quarter}", quarter) for o in FIO_PATHS[how]]
+    return ["fio", "--name=read", f"--filename={path}", "--rw=read", "--direct=1", "--readonly",
+            "--output-format=json", *opts]
+
+
+def _fio_rate(stdout: str) -> float:
+    job = json.loads(stdout[stdout.index("{"):])["jobs"][0]
+    return float(job["read"]["bw_bytes"])
+
+
 def io_uring_allowed() -> str:
     libc = ctypes.CDLL(None, use_errno=True)
     params = ctypes.create_string_buffer(120)
@@ -87,7 +117,7 @@ def io_uring_allowed() -> str:
     return f"refused: {os.strerror(ctypes.get_errno())}"
 
 
-def run(directory: Path, mib: int, cap_mib: int, ahead_mib: int = 8, repeat: int = 2) -> dict:
+def run(directory: Path, mib: int, cap_mib: int, ahead_mib: int = 8, repeat: int = 5) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f".diskllm-readpaths-{os.getpid()}.bin"
     out: dict = {"file_mib": mib, "cap_mib": cap_mib, "ahead_mib": ahead_mib, "io_uring": io_uring_allowed()}
@@ -98,20 +128,31 @@ def run(directory: Path, mib: int, cap_mib: int, ahead_mib: int = 8, repeat: int
         except CgroupUnavailable as e:
             cg = None
             out["cgroup"] = f"none ({e})"
+        fio = shutil.which("fio")
+        if not fio:
+            out.update({how: "not measured: fio is not installed" for how in FIO_PATHS})
+        paths = PATHS + (tuple(FIO_PATHS) if fio else ())
+        rates: dict[str, list[float]] = {how: [] for how in paths}
         try:
-            for how in PATHS:
-                rates = []
-                for _ in range(repeat):
+            # rounds over all paths, not one path at a time: the shared disk's rate drifts
+            # by 2x within minutes, and a median over interleaved rounds compares like with like
+            for _ in range(repeat):
+                for how in paths:
+                    if how in out:  # failed in an earlier round
+                        continue
                     drop_file_cache(path)
-                    r = subprocess.run([sys.executable, "-m", "diskllm.bench.read_paths", "--child", how,
-                                        "--file", str(path), "--ahead-mib", str(ahead_mib)],
-                                       capture_output=True, text=True, preexec_fn=cg.preexec if cg else None)
+                    argv = (_fio_argv(path, how) if how in FIO_PATHS else
+                            [sys.executable, "-m", "diskllm.bench.read_paths", "--child", how,
+                             "--file", str(path), "--ahead-mib", str(ahead_mib)])
+                    r = subprocess.run(argv, capture_output=True, text=True, preexec_fn=cg.preexec if cg else None)
                     if r.returncode != 0:
                         out[how] = f"failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}"
-                        break
-                    rates.append(float(r.stdout.strip()))
-                else:
-                    out[how] = max(rates)
+                        continue
+                    rates[how].append(_fio_rate(r.stdout) if how in FIO_PATHS else float(r.stdout.strip()))
+            for how, got in rates.items():
+                if how not in out:
+                    out[how] = statistics.median(got)
+                    out[f"{how}_all"] = got
         finally:
             if cg:
                 cg.close()
@@ -126,19 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--cap-mib", type=int, default=192)
     ap.add_argument("--ahead-mib", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=5, help="rounds over all paths (median)")
     ap.add_argument("--child")
     ap.add_argument("--file")
     a = ap.parse_args(argv)
     if a.child:
         print(_read(a.file, a.child, a.ahead_mib << 20))
         return 0
-    res = run(a.dir, a.mib, a.cap_mib, a.ahead_mib)
+    res = run(a.dir, a.mib, a.cap_mib, a.ahead_mib, a.repeat)
     print(json.dumps(res, indent=1))
     seq = res.get("odirect")
-    for how in PATHS:
+    for how in PATHS + tuple(FIO_PATHS):
         v = res.get(how)
         if isinstance(v, float):
-            print(f"{how:14s} {v / 1e6:7.0f} MB/s  x O_DIRECT {v / seq if isinstance(seq, float) else 0:.2f}")
+            spread = "/".join(f"{x / 1e6:.0f}" for x in res.get(f"{how}_all", []))
+            print(f"{how:14s} {v / 1e6:7.0f} MB/s  x O_DIRECT {v / seq if isinstance(seq, float) else 0:.2f}  ({spread})")
         else:
             print(f"{how:14s} {v}")
     return 0
