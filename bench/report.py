@@ -379,6 +379,10 @@ def _targets(res: Any) -> list[str]:
         if free.get("prefetch", {}).get("decode_tps") and free.get("ram", {}).get("decode_tps"):
             r = free["prefetch"]["decode_tps"] / free["ram"]["decode_tps"]
             line(f"issue 8, {name}: decode ssd/ram >= 0.95 without a cap (prefetcher idle)", f"{r:.2f}", r >= 0.95)
+        if free.get("budget", {}).get("decode_tps") and free.get("ram", {}).get("decode_tps"):
+            r = free["budget"]["decode_tps"] / free["ram"]["decode_tps"]
+            line(f"issue 14, {name}: decode ssd/ram >= 0.97 without a cap (budget idle)",
+                 f"{r:.2f} ({free['budget']['decode_tps']:.2f} vs {free['ram']['decode_tps']:.2f} tok/s)", r >= 0.97)
     return out
 
 
