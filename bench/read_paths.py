@@ -1,7 +1,7 @@
 """Which read path streams a file at the disk's rate inside a memory cgroup at its limit
-(issue 14, item 3). One fresh file, read whole by each path in turn (rounds over all
-paths, median per path), each in a child
-process inside the same capped child cgroup, page cache dropped before each:
+(issue 14, item 3). One fresh file, read whole by each path in rounds over all paths
+(median per path), each read in a child process inside the same capped child cgroup,
+page cache dropped before each:
 
 - odirect:        O_DIRECT preadv, 1 MiB, one at a time (the disk's sequential rate)
 - buffered:       read() 1 MiB into one buffer, nothing dropped (the cgroup reclaims)

@@ -332,7 +332,7 @@ async def start_server(
         await _wait_healthy(server, log_path, timeout, progress)
     except BaseException:
         _kill_now(proc)
-        remove_dead_kv_files(home.kv_cache, proc.pid, wait=10.0)  # an abort (e.g. a worker gone) skips the cleanup
+        remove_dead_kv_files(home.kv_cache, proc.pid, wait=DEAD_LOCK_WAIT)  # an abort (e.g. a worker gone) skips the cleanup
         raise
     atomic_write_text(home.run / f"{proc.pid}.json", json.dumps(asdict(entry), indent=2))
     return server
@@ -500,7 +500,7 @@ async def stop_server(entry: ServerEntry | RunningServer, grace: float = 10.0) -
         _entry_file(entry).unlink(missing_ok=True)
         remove_slot_locks(_entry_file(entry).parent, entry.base_url)
         if not is_alive(entry):  # SIGKILL (or an abort before it) leaves the KV files
-            remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid, wait=10.0)
+            remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid, wait=DEAD_LOCK_WAIT)
 
 
 def forget_dead_server(entry: ServerEntry) -> list[Path]:
@@ -508,7 +508,12 @@ def forget_dead_server(entry: ServerEntry) -> list[Path]:
     (returned, removed)."""
     _entry_file(entry).unlink(missing_ok=True)
     remove_slot_locks(_entry_file(entry).parent, entry.base_url)
-    return remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid, wait=10.0)
+    return remove_dead_kv_files(_entry_file(entry).parent.parent / "kv_cache", entry.pid, wait=DEAD_LOCK_WAIT)
+
+
+# Seconds a cleanup that knows the server is dead waits for its KV files' locks: an
+# aborted server's main thread is a zombie while the others still exit and hold them.
+DEAD_LOCK_WAIT = 10.0
 
 
 def remove_dead_kv_files(kv_dir: Path, pid: int, wait: float = 0.0) -> list[Path]:
