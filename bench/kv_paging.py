@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", type=float, nargs="*", default=[0.5, 0.25])
     ap.add_argument("--caps-mib", type=int, nargs="*", default=[],
                     help="absolute caps (MiB) beside the fractions, e.g. 2500 for the full-size 7B")
-    ap.add_argument("--free-variants", nargs="*", choices=sorted(VARIANTS), default=list(FREE_VARIANTS))
+    # at least one: the caps are set from an ssd server's private memory without a cap
+    ap.add_argument("--free-variants", nargs="+", choices=sorted(VARIANTS), default=list(FREE_VARIANTS))
     ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(DEFAULT_VARIANTS))
     ap.add_argument("--kv-window", type=int, default=KV_WINDOW)
     ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
