@@ -45,6 +45,7 @@ Say = Callable[[str], None]
 
 MODELS = ("smollm2", "gemma3", "qwen7b-geom", "hybrid", "qwen7b-full", "qwen7b-full-2l")
 BACKENDS = ("stock", "ram", "ssd")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 KV_WINDOW = 256  # what `diskllm run` passes by default (core.server.ServerOptions)
 
 
@@ -415,11 +416,17 @@ class Bench:
             self.reads.append({
                 "read_bytes_per_token": (io1.get("read_bytes", 0) - io0.get("read_bytes", 0)) / n,
                 "majfault_per_token": (cg1.get("pgmajfault", 0) - cg0.get("pgmajfault", 0)) / n,
+                # file pages reclaim evicted and that were read again soon after: reads the
+                # cap forced beyond the plan (the budget's streaming drops pages without this)
+                "refault_bytes_per_token": (cg1.get("workingset_refault_file", 0)
+                                            - cg0.get("workingset_refault_file", 0)) * PAGE / n,
             })
         if n and self.tps[-1] and n / self.tps[-1] > self.slow_run and i + 1 < runs:
             self.row["runs_cut"] = f"stopped after {i + 1} run(s): one run took {n / self.tps[-1]:.0f} s"
+        io_note = (f", read {self.reads[-1]['read_bytes_per_token'] / 1e6:.0f} MB/token"
+                   f" ({self.reads[-1]['refault_bytes_per_token'] / 1e6:.0f} refaulted)" if n and self.cg else "")
         self.say(f"  {self.label}: decode run {i + 1}/{runs}: {self.tps[-1]:.2f} tok/s ({n} tokens, "
-                 f"prompt re-evaluated {t.get('prompt_n')}, load {os.getloadavg()[0]:.1f})")
+                 f"prompt re-evaluated {t.get('prompt_n')}{io_note}, load {os.getloadavg()[0]:.1f})")
 
     def _note_paging(self, pid: int) -> None:
         """What the server's paging chose and timed (its stats file), while it runs."""
@@ -442,6 +449,7 @@ class Bench:
                 row["kv_read_Bps"] = rb * row["decode_tps"]  # storage reads per second of decode
                 if self.cg:
                     row["majfault_per_token"] = statistics.median(x["majfault_per_token"] for x in self.reads)
+                    row["refault_bytes_per_token"] = statistics.median(x["refault_bytes_per_token"] for x in self.reads)
                 mem = memory_of(srv.proc.pid)
                 row.update(rss_anon=mem.rss_anon, rss_file=mem.rss_file, vm_hwm=mem.vm_hwm)
                 row["kv_resident"] = kv_mapping_resident(srv.proc.pid, self.kv_dir) if self.kv_dir else None

@@ -62,6 +62,9 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "budget": ([], {}),
     # patch 0006 alone: always streaming
     "budget-stream": ([], {"DISKLLM_KV_PATH": "stream"}),
+    # streaming with large weights asked for whole, as before patch 0011 (which follows
+    # compute through them)
+    "budget-stream-whole": ([], {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_PROG": "off"}),
     "budget-4": (["--kv-prefetch", "4"], {}),
     "budget-16": (["--kv-prefetch", "16"], {}),
     "budget-32": (["--kv-prefetch", "32"], {}),

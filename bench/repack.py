@@ -35,12 +35,15 @@ from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, re
 VARIANTS = ("stock", "ram", "ssd", "ssd-repack-cache")
 # what the ssd server's paging does under the cap: its budget off (0004's read-ahead and
 # the kernel's LRU), and neither (plain page faults)
-PAGING_VARIANTS = ("ssd-budget-off", "ssd-faults", "ssd-stream", "ssd-stream-normal", "ssd-direct", "ssd-direct-stream")
+PAGING_VARIANTS = ("ssd-budget-off", "ssd-faults", "ssd-stream", "ssd-stream-whole", "ssd-stream-normal", "ssd-direct",
+                   "ssd-direct-stream")
 # environment of the variants that pin one way: the streamed weights' read path
 # (patches/0009, DISKLLM_KV_READ) and streaming vs plain faults (patches/0010,
 # DISKLLM_KV_PATH; "ssd" and "ssd-direct" let the server time both and choose)
 VARIANT_ENV = {"ssd-direct": {"DISKLLM_KV_READ": "direct"},
                "ssd-stream": {"DISKLLM_KV_PATH": "stream"},
+               # large weights asked for whole, as before patches/0011
+               "ssd-stream-whole": {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_PROG": "off"},
                "ssd-stream-normal": {"DISKLLM_KV_PATH": "stream"},
                "ssd-direct-stream": {"DISKLLM_KV_READ": "direct", "DISKLLM_KV_PATH": "stream"}}
 CAP_BYTES = int(2.5e9)
@@ -66,7 +69,8 @@ def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
 def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = False, *,
         cap: int | None = CAP_BYTES, variants: tuple[str, ...] = VARIANTS, threads: int | None = None,
         runs: int | None = None, n_predict: int | None = None, work_dir: Path | None = None,
-        side_by_side: bool = True, ssd_extra: tuple[str, ...] = (), say: Say = print) -> list[dict]:
+        side_by_side: bool = True, ssd_extra: tuple[str, ...] = (), server: Path | None = None,
+        say: Say = print) -> list[dict]:
     """Rows: 'machine', 'repack-first-start', 'repack' (side by side), 'repack-cap' (each alone)."""
     from diskllm.testing.synth import synthesize_qwen7b_full
     if quick:
@@ -75,7 +79,7 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
     runs = runs or (2 if quick else 3)
     n_predict = n_predict or (8 if quick else 32)
     model = synthesize_qwen7b_full(n_layer)
-    bins = binaries(True, say)
+    bins = binaries("stock" in variants, say, server)
     s0 = setup(model, ctxs[0], threads, work_dir, "diskllm-repack-")
     cache = repack_cache_path_for(s0.work, model, bins["patched"])
     rows: list[dict] = [{"kind": "machine", **describe(s0.work), "model": model.name, "model_bytes": s0.info.file_size,
@@ -180,11 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap-gb", type=float, default=CAP_BYTES / 1e9, help="0: no capped runs")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS + PAGING_VARIANTS, default=list(VARIANTS))
     ap.add_argument("--cap-only", action="store_true", help="only the capped runs")
+    ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
     ap.add_argument("ssd_extra", nargs="*", help="after --: more llama-server flags for the ssd servers")
     a = ap.parse_args(argv)
     rows = run(a.layers, a.ctx, a.fill, a.quick, cap=int(a.cap_gb * 1e9) or None,
                variants=tuple(a.variants), threads=a.threads, runs=a.runs, n_predict=a.n_predict,
-               work_dir=a.work_dir, side_by_side=not a.cap_only, ssd_extra=tuple(a.ssd_extra), say=say_stderr)
+               work_dir=a.work_dir, side_by_side=not a.cap_only, ssd_extra=tuple(a.ssd_extra), server=a.server,
+               say=say_stderr)
     return emit(rows, a.json, table(rows))
 
 

@@ -33,6 +33,9 @@ ENV: tuple[EnvVar, ...] = (
     EnvVar("DISKLLM_KV_PATH", "(read by llama-server) with `--kv-budget auto`: `stream` or `faults` fixes how "
                               "what does not fit is read; default: both are timed on the live decode and the "
                               "faster is kept (patches/0010); benchmarks pin one"),
+    EnvVar("DISKLLM_KV_PROG=off", "(read by llama-server) while streaming, ask for a large weight whole "
+                                  "instead of following compute through its node (patches/0011); "
+                                  "benchmarks compare the two"),
 )
 _NAMES = {v.name.split("=")[0] for v in ENV}
 

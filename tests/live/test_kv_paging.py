@@ -6,6 +6,8 @@ memory cgroup too small for their KV + weights, so every token streams pages fro
 - lowering the cap while a reply is decoding makes the server release memory, not die;
 - both ways of reading what does not fit, streaming and plain page faults, are timed on
   the live decode and give the same outputs (patches/0010);
+- a large weight (an output head) is streamed within its node, released behind compute
+  while the node still runs, and the outputs stay equal (patches/0011);
 - `--kv-budget MIB` is honoured: the server reports the budget it uses (stats file, log),
   the pages of the KV file and the model it keeps resident stay within it, and it never
   leaves them to page faults;
@@ -222,6 +224,10 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         # came out of both
         assert st["seconds_per_token_streaming"] > 0 and st["seconds_per_token_faults"] > 0, st
         assert st["read_path"] in ("stream", "faults"), st
+        if kind in ("dense", "iswa"):
+            # their tied output heads (SmolLM2 29 MiB, Gemma-3 170 MiB, one MUL_MAT each) were
+            # streamed within the node, released behind compute (patches/0011)
+            assert st["released_within_nodes_bytes"] > 0, st
         _assert_budget_from_cgroup(st, srv.proc.pid, cg.limit)
         assert read > min(info_size(model), working_set // 2), read
         assert "kv-budget:" in srv.text()
