@@ -416,8 +416,9 @@ class Bench:
             self.reads.append({
                 "read_bytes_per_token": (io1.get("read_bytes", 0) - io0.get("read_bytes", 0)) / n,
                 "majfault_per_token": (cg1.get("pgmajfault", 0) - cg0.get("pgmajfault", 0)) / n,
-                # file pages reclaim evicted and that were read again soon after: reads the
-                # cap forced beyond the plan (the budget's streaming drops pages without this)
+                # file pages the cgroup's reclaim evicted and that were read again: a sign the
+                # cap was hit (the budget's own drop-behind leaves no such trace); not all of it
+                # is extra reading, since a consumed page reclaim took would be read next token anyway
                 "refault_bytes_per_token": (cg1.get("workingset_refault_file", 0)
                                             - cg0.get("workingset_refault_file", 0)) * PAGE / n,
             })
