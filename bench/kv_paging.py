@@ -20,6 +20,10 @@ Against the physical limit: W = KV used + weights, B = cap - private memory (the
 cap's room for KV + weights); "x limit" = decode / min(disk rate / (W - B), the same
 variant's decode without a cap); "/ (W-B)" = bytes read per token over W - B.
 
+New design vs old, side by side in one run: `--baseline-server PATH` (e.g. a build of
+the previous patch series) and variants with the suffix "@baseline" run on it, e.g.
+`--variants budget budget@baseline`.
+
 Absolute caps (`--caps-mib 2500`) instead of fractions are for a model whose weights
 alone exceed the room (the full-size 7B: `--model qwen7b-full` once core.synthmodels
 has `synthesize_qwen7b_full`, or a .gguf path).
@@ -34,6 +38,7 @@ Importable: run(...) -> list[dict]; table(rows) -> Markdown.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -76,6 +81,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     # MADV_WILLNEED (measured slower)
     "budget-pread": ([], {"DISKLLM_KV_READ": "pread"}),
 }
+SUFFIX = "@baseline"  # a variant run on --baseline-server (the old design) instead
 DEFAULT_VARIANTS = ("faults", "prefetch", "budget-stream", "budget")
 FREE_VARIANTS = ("faults", "prefetch", "budget")  # beside ram without a cap
 
@@ -97,7 +103,7 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
         runs: int | None = None, n_predict: int | None = None, server: Path | None = None,
         kv_window: int = KV_WINDOW, extra: list[str] | None = None, work_dir: Path | None = None,
         caps: tuple[int, ...] | list[int] = (), free_variants: tuple[str, ...] | list[str] = FREE_VARIANTS,
-        say: Say = print) -> list[dict]:
+        baseline: Path | None = None, say: Say = print) -> list[dict]:
     """Rows: one 'machine', 'free' rows (no cap), 'paging' rows (under caps), one 'disk'."""
     if quick:
         ctx, fill = min(ctx, 2048), min(fill, 1000)
@@ -115,8 +121,12 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
     base_flags = list(extra or [])
 
     def bench(backend: str, variant: str, **kw: Any) -> Bench:
-        flags, env = VARIANTS[variant] if backend == "ssd" else ([], {})
-        return Bench(backend, binary, model_path, ctx, fill, n_predict=n_predict, extra=base_flags + flags, env=env,
+        name = variant.removesuffix(SUFFIX)
+        flags, env = VARIANTS[name] if backend == "ssd" else ([], {})
+        exe = baseline if name != variant else binary
+        if exe is None:
+            raise SystemExit(f"error: variant {variant} needs --baseline-server")
+        return Bench(backend, exe, model_path, ctx, fill, n_predict=n_predict, extra=base_flags + flags, env=env,
                      label=variant if backend == "ssd" else backend, **common, **kw)
 
     try:
@@ -216,22 +226,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _variant(v: str) -> str:
+    if v.removesuffix(SUFFIX) not in VARIANTS:
+        raise argparse.ArgumentTypeError(f"unknown variant {v!r} (one of {', '.join(sorted(VARIANTS))}, "
+                                         f"each also as NAME{SUFFIX})")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = bench_parser("bench.kv_paging", __doc__, ctx=8192, fill=7000)
     ap.add_argument("--fractions", type=float, nargs="*", default=[0.5, 0.25])
     ap.add_argument("--caps-mib", type=int, nargs="*", default=[],
                     help="absolute caps (MiB) beside the fractions, e.g. 2500 for the full-size 7B")
     # at least one: the caps are set from an ssd server's private memory without a cap
-    ap.add_argument("--free-variants", nargs="+", choices=sorted(VARIANTS), default=list(FREE_VARIANTS))
-    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(DEFAULT_VARIANTS))
+    ap.add_argument("--free-variants", nargs="+", type=_variant, default=list(FREE_VARIANTS))
+    ap.add_argument("--variants", nargs="+", type=_variant, default=list(DEFAULT_VARIANTS),
+                    help=f"of {', '.join(sorted(VARIANTS))}; NAME{SUFFIX} runs NAME on --baseline-server")
+    ap.add_argument("--baseline-server", type=Path, help=f"llama-server for the {SUFFIX} variants (the old design)")
     ap.add_argument("--kv-window", type=int, default=KV_WINDOW)
     ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
     ap.add_argument("extra", nargs="*", help="after --: extra llama-server flags for every server (e.g. -ctk q8_0 -ctv q8_0)")
     a = ap.parse_args(argv)
+    if not a.baseline_server and any(v.endswith(SUFFIX) for v in a.variants + a.free_variants):
+        ap.error(f"the {SUFFIX} variants need --baseline-server")
     rows = run(a.model, a.ctx, a.fill, a.quick, fractions=a.fractions, variants=a.variants, runs=a.runs,
                n_predict=a.n_predict, threads=a.threads, server=a.server, kv_window=a.kv_window,
                extra=a.extra, work_dir=a.work_dir, caps=[c << 20 for c in a.caps_mib],
-               free_variants=a.free_variants, say=say_stderr)
+               free_variants=a.free_variants, baseline=a.baseline_server, say=say_stderr)
     return emit(rows, a.json, table(rows))
 
 
