@@ -105,6 +105,8 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
         caps: tuple[int, ...] | list[int] = (), free_variants: tuple[str, ...] | list[str] = FREE_VARIANTS,
         baseline: Path | None = None, say: Say = print) -> list[dict]:
     """Rows: one 'machine', 'free' rows (no cap), 'paging' rows (under caps), one 'disk'."""
+    if baseline is None and any(v.endswith(SUFFIX) for v in [*variants, *free_variants]):
+        raise SystemExit(f"error: the {SUFFIX} variants need --baseline-server")
     if quick:
         ctx, fill = min(ctx, 2048), min(fill, 1000)
     runs = runs or (2 if quick else 3)
@@ -123,10 +125,7 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
     def bench(backend: str, variant: str, **kw: Any) -> Bench:
         name = variant.removesuffix(SUFFIX)
         flags, env = VARIANTS[name] if backend == "ssd" else ([], {})
-        exe = baseline if name != variant else binary
-        if exe is None:
-            raise SystemExit(f"error: variant {variant} needs --baseline-server")
-        return Bench(backend, exe, model_path, ctx, fill, n_predict=n_predict, extra=base_flags + flags, env=env,
+        return Bench(backend, baseline if name != variant else binary, model_path, ctx, fill, n_predict=n_predict, extra=base_flags + flags, env=env,
                      label=variant if backend == "ssd" else backend, **common, **kw)
 
     try:
@@ -247,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
     ap.add_argument("extra", nargs="*", help="after --: extra llama-server flags for every server (e.g. -ctk q8_0 -ctv q8_0)")
     a = ap.parse_args(argv)
-    if not a.baseline_server and any(v.endswith(SUFFIX) for v in a.variants + a.free_variants):
-        ap.error(f"the {SUFFIX} variants need --baseline-server")
     rows = run(a.model, a.ctx, a.fill, a.quick, fractions=a.fractions, variants=a.variants, runs=a.runs,
                n_predict=a.n_predict, threads=a.threads, server=a.server, kv_window=a.kv_window,
                extra=a.extra, work_dir=a.work_dir, caps=[c << 20 for c in a.caps_mib],
