@@ -49,7 +49,7 @@ from diskllm.bench.kv_backend import (KV_WINDOW, Bench, Say, bench_parser, binar
 from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
 
 # name -> (extra llama-server flags, environment). "prefetch" is what `diskllm run` does
-# (--kv-prefetch 8 --kv-evict auto --kv-advice sequential); the others isolate one choice.
+# (--kv-prefetch 8 --kv-evict auto --kv-advice auto); the others isolate one choice.
 OFF = ["--kv-budget", "off"]
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "faults": (["--kv-prefetch", "0"], {}),
@@ -76,6 +76,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "budget-64": (["--kv-prefetch", "64"], {}),
     "budget-normal": (["--kv-advice", "normal"], {}),
     "budget-random": (["--kv-advice", "random"], {}),
+    # what the default advice (auto: random with a budget) replaced in patch 0013
+    "budget-sequential": (["--kv-advice", "sequential"], {}),
     "budget-forced": ([], {"DISKLLM_KV_PREFETCH_FORCE": "1"}),
     # the streamed part read with blocking pread()s through the page cache instead of
     # MADV_WILLNEED (measured slower)
