@@ -95,6 +95,22 @@ def _file_resident(pid: int, path: Path) -> int:
     return total
 
 
+def _advice_flags(pid: int, match) -> set[str]:
+    """The madvise access flags ("rr" random, "sr" sequential) of the mappings whose path
+    `match` accepts (/proc/PID/smaps VmFlags)."""
+    flags: set[str] = set()
+    inside = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                parts = line.split(None, 5)
+                inside = len(parts) > 5 and match(parts[5].strip())
+            elif inside and first == "VmFlags:":
+                flags |= {v for v in line.split()[1:] if v in ("rr", "sr")} or {"none"}
+    return flags
+
+
 async def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2) as c:
@@ -309,6 +325,10 @@ async def test_budget_flag_is_honoured(home: Home, server_binary: Path, smollm2_
         # reads in flight and the segment being computed come on top (--kv-prefetch 8 + 2 MiB)
         assert resident <= budget + (12 << 20), resident
         assert "kv-budget: set by hand: 64.0 MiB" in srv.text()
+        # the default --kv-advice (auto) is random while streaming: the helper asks for every
+        # page, and a fault's sequential read-ahead would read pages no plan names (0013)
+        assert _advice_flags(srv.proc.pid, lambda p: "/diskllm-kv-" in p) == {"rr"}
+        assert _advice_flags(srv.proc.pid, lambda p: p == str(smollm2_path.resolve())) == {"rr"}
         assert got == expected
         srv.kv = kv_files(home.kv_cache, srv.proc.pid)
         srv.stop_and_check()
