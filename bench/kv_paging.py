@@ -127,7 +127,8 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
     def bench(backend: str, variant: str, **kw: Any) -> Bench:
         name = variant.removesuffix(SUFFIX)
         flags, env = VARIANTS[name] if backend == "ssd" else ([], {})
-        return Bench(backend, baseline if name != variant else binary, model_path, ctx, fill, n_predict=n_predict, extra=base_flags + flags, env=env,
+        exe = baseline if name != variant else binary
+        return Bench(backend, exe, model_path, ctx, fill, n_predict=n_predict, extra=base_flags + flags, env=env,
                      label=variant if backend == "ssd" else backend, **common, **kw)
 
     try:

@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Callable
 
 import httpx
@@ -580,25 +580,31 @@ def memory_of(pid: int) -> MemoryInfo:
     )
 
 
+def smaps_fields(pid: int) -> Iterator[tuple[str, str, list[str]]]:
+    """(mapped file, field, values) for every field line of /proc/PID/smaps, e.g.
+    ("/x.gguf", "Rss", ["1024", "kB"]); the file is "" for anonymous mappings and loses
+    a " (deleted)" suffix."""
+    path = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            if "-" in parts[0] and not parts[0].endswith(":"):  # mapping header line
+                head = line.split(None, 5)
+                path = head[5].strip().removesuffix(" (deleted)") if len(head) > 5 else ""
+            else:
+                yield path, parts[0].removesuffix(":"), parts[1:]
+
+
 def kv_mapping_resident(pid: int, kv_dir: Path) -> int:
     """Resident bytes of the mappings whose file lies under kv_dir (/proc/PID/smaps)."""
     prefix = str(Path(kv_dir).resolve()).rstrip("/") + "/"
-    total = 0
-    inside = False
     try:
-        with open(f"/proc/{pid}/smaps") as f:
-            for line in f:
-                first = line.split(None, 1)[0]
-                if "-" in first and not first.endswith(":"):  # mapping header line
-                    parts = line.split(None, 5)
-                    path = parts[5].strip() if len(parts) > 5 else ""
-                    path = path.removesuffix(" (deleted)")
-                    inside = path.startswith(prefix)
-                elif inside and first == "Rss:":
-                    total += int(line.split()[1]) * 1024
+        return sum(int(values[0]) * 1024 for path, key, values in smaps_fields(pid)
+                   if key == "Rss" and path.startswith(prefix))
     except FileNotFoundError:
         return 0
-    return total
 
 
 def kv_files(kv_dir: Path, pid: int) -> list[Path]:

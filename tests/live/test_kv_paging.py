@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,7 +34,7 @@ from diskllm.bench.cgroup import CgroupUnavailable, MemoryCgroup
 from diskllm.bench.machine import drop_file_cache
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
-from diskllm.core.server import (ServerOptions, build_argv, kv_files, kv_mapping_resident, memory_of,
+from diskllm.core.server import (ServerOptions, build_argv, kv_files, kv_mapping_resident, memory_of, smaps_fields,
                                  stop_server)
 from diskllm.testing.synth import synthesize_hybrid
 from test_kv_backend import LONG_PROMPT, _complete, _start
@@ -83,32 +84,15 @@ def _stats(kv_dir: Path, pid: int) -> dict:
 
 def _file_resident(pid: int, path: Path) -> int:
     """Resident bytes of the mappings of `path` (/proc/PID/smaps)."""
-    target, total, inside = str(path.resolve()), 0, False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            first = line.split(None, 1)[0]
-            if "-" in first and not first.endswith(":"):
-                parts = line.split(None, 5)
-                inside = len(parts) > 5 and parts[5].strip() == target
-            elif inside and first == "Rss:":
-                total += int(line.split()[1]) * 1024
-    return total
+    target = str(path.resolve())
+    return sum(int(values[0]) * 1024 for p, key, values in smaps_fields(pid) if key == "Rss" and p == target)
 
 
-def _advice_flags(pid: int, match) -> set[str]:
-    """The madvise access flags ("rr" random, "sr" sequential) of the mappings whose path
-    `match` accepts (/proc/PID/smaps VmFlags)."""
-    flags: set[str] = set()
-    inside = False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            first = line.split(None, 1)[0]
-            if "-" in first and not first.endswith(":"):
-                parts = line.split(None, 5)
-                inside = len(parts) > 5 and match(parts[5].strip())
-            elif inside and first == "VmFlags:":
-                flags |= {v for v in line.split()[1:] if v in ("rr", "sr")} or {"none"}
-    return flags
+def _advice_flags(pid: int, match: Callable[[str], bool]) -> set[str]:
+    """The madvise access flags ("rr" random, "sr" sequential, else "none") of the
+    mappings whose file `match` accepts (/proc/PID/smaps VmFlags)."""
+    return {next((v for v in values if v in ("rr", "sr")), "none")
+            for p, key, values in smaps_fields(pid) if key == "VmFlags" and match(p)}
 
 
 async def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
