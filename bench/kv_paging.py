@@ -82,6 +82,9 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     # the streamed part read with blocking pread()s through the page cache instead of
     # MADV_WILLNEED (measured slower)
     "budget-pread": ([], {"DISKLLM_KV_READ": "pread"}),
+    # OpenMP's barrier spin-wait off: a compute thread waiting for another one's page
+    # sleeps instead of taking a core from the read-ahead helper
+    "budget-passive": ([], {"OMP_WAIT_POLICY": "passive"}),
 }
 SUFFIX = "@baseline"  # a variant run on --baseline-server (the old design) instead
 DEFAULT_VARIANTS = ("faults", "prefetch", "budget-stream", "budget")
