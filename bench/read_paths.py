@@ -11,12 +11,20 @@ page cache dropped before each:
                   dropped (what patch 0004 does, residency left to the kernel's LRU)
 - willneed-drop:  the same with drop-behind (MADV_DONTNEED + POSIX_FADV_DONTNEED on what
                   was consumed): what patch 0006 does for the streamed part
+- faults:         mmap, no advice, pages touched, nothing dropped (the kernel's read-around)
+- populate-drop:  willneed-drop, but the pieces ahead are read by MADV_POPULATE_READ on a
+                  second mapping of the file marked MADV_HUGEPAGE: the fault path, which
+                  fills the page cache with large folios where MADV_WILLNEED and
+                  readahead() allocate one 4 KiB folio per page
 - uring-qdN[-4m]:  O_DIRECT reads through io_uring with N in flight (1 MiB, or 4 MiB
                   blocks), by fio when it is installed: does a queue depth get more
                   from the device than one read at a time?
 - fio-psync:      odirect's reads issued by fio (checks the two tools agree)
 - direct-4jobs:   O_DIRECT preadv by 4 readers, each a quarter of the file (fio)
 - io_uring:       whether io_uring_setup is allowed here
+
+Each path also reports the kernel (system) time it spent per 4 KiB page read: on 2 vCPUs
+that time is taken from compute.
 
     python -m bench.read_paths --mib 1024 --cap-mib 192
 """
@@ -27,6 +35,7 @@ import ctypes
 import json
 import mmap
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,7 +49,9 @@ from diskllm.bench.machine import drop_file_cache, write_test_file
 RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)
 BLOCK = 1 << 20
 PIECE = 2 << 20
-PATHS = ("odirect", "buffered", "buffered-drop", "dontcache", "willneed", "willneed-drop")
+PATHS = ("odirect", "buffered", "buffered-drop", "dontcache", "willneed", "willneed-drop", "faults",
+         "populate-drop")
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 # fio job options per path; fio is optional (apt-get install fio)
 FIO_PATHS: dict[str, tuple[str, ...]] = {
     "fio-psync": ("--ioengine=psync", "--bs=1M"),  # the same reads as odirect, issued by fio
@@ -78,17 +89,29 @@ def _read(path: str, how: str, ahead: int) -> float:
         fd = os.open(path, os.O_RDONLY)
         m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         mv = memoryview(m)
+        # populate-drop reads through a second mapping: MADV_HUGEPAGE there must not
+        # change how the reader's own faults behave
+        ahead_map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if how == "populate-drop" else m
+        if how == "populate-drop":
+            ahead_map.madvise(mmap.MADV_HUGEPAGE)
         asked = 0
         for off in range(0, size, PIECE):
-            while asked < min(size, off + ahead):  # keep `ahead` bytes asked for
-                m.madvise(mmap.MADV_WILLNEED, asked, min(PIECE, size - asked))
+            while how != "faults" and asked < min(size, off + ahead):  # keep `ahead` bytes asked for
+                n = min(PIECE, size - asked)
+                if how == "populate-drop":
+                    ahead_map.madvise(MADV_POPULATE_READ, asked, n)
+                    ahead_map.madvise(mmap.MADV_DONTNEED, asked, n)  # its page tables only
+                else:
+                    m.madvise(mmap.MADV_WILLNEED, asked, n)
                 asked += PIECE
             end = min(size, off + PIECE)
             _ = bytes(mv[off:end:4096])  # touch every page: compute reading it
-            if how == "willneed-drop":
+            if how in ("willneed-drop", "populate-drop"):
                 m.madvise(mmap.MADV_DONTNEED, off, end - off)
                 os.posix_fadvise(fd, off, end - off, os.POSIX_FADV_DONTNEED)
         mv.release()
+        if ahead_map is not m:
+            ahead_map.close()
         m.close()
     dt = time.perf_counter() - t0
     os.close(fd)
@@ -133,6 +156,8 @@ def run(directory: Path, mib: int, cap_mib: int, ahead_mib: int = 8, repeat: int
             out.update({how: "not measured: fio is not installed" for how in FIO_PATHS})
         paths = PATHS + (tuple(FIO_PATHS) if fio else ())
         rates: dict[str, list[float]] = {how: [] for how in paths}
+        sys_us: dict[str, list[float]] = {how: [] for how in paths}
+        pages = (mib << 20) / 4096
         try:
             # rounds over all paths, not one path at a time: the shared disk's rate drifts
             # by 2x within minutes, and a median over interleaved rounds compares like with like
@@ -144,7 +169,9 @@ def run(directory: Path, mib: int, cap_mib: int, ahead_mib: int = 8, repeat: int
                     argv = (_fio_argv(path, how) if how in FIO_PATHS else
                             [sys.executable, "-m", "diskllm.bench.read_paths", "--child", how,
                              "--file", str(path), "--ahead-mib", str(ahead_mib)])
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
                     r = subprocess.run(argv, capture_output=True, text=True, preexec_fn=cg.preexec if cg else None)
+                    sys_us[how].append((resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - before) * 1e6 / pages)
                     if r.returncode != 0:
                         out[how] = f"failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}"
                         continue
@@ -153,6 +180,7 @@ def run(directory: Path, mib: int, cap_mib: int, ahead_mib: int = 8, repeat: int
                 if how not in out:
                     out[how] = statistics.median(got)
                     out[f"{how}_all"] = got
+                    out[f"{how}_sys_us_per_page"] = statistics.median(sys_us[how])
         finally:
             if cg:
                 cg.close()
@@ -181,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         v = res.get(how)
         if isinstance(v, float):
             spread = "/".join(f"{x / 1e6:.0f}" for x in res.get(f"{how}_all", []))
-            print(f"{how:14s} {v / 1e6:7.0f} MB/s  x O_DIRECT {v / seq if isinstance(seq, float) else 0:.2f}  ({spread})")
+            sys_us = res.get(f"{how}_sys_us_per_page", 0.0)
+            print(f"{how:14s} {v / 1e6:7.0f} MB/s  x O_DIRECT {v / seq if isinstance(seq, float) else 0:.2f}"
+                  f"  kernel {sys_us:.2f} us/page  ({spread})")
         else:
             print(f"{how:14s} {v}")
     return 0
