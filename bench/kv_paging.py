@@ -82,6 +82,10 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     # the streamed part read with blocking pread()s through the page cache instead of
     # MADV_WILLNEED (measured slower)
     "budget-pread": ([], {"DISKLLM_KV_READ": "pread"}),
+    # the streamed weights read by MADV_POPULATE_READ through a MADV_HUGEPAGE twin mapping
+    # (large folios) instead of MADV_WILLNEED (one 4 KiB folio per page): patch 0015
+    "budget-populate": ([], {"DISKLLM_KV_READ": "populate"}),
+    "budget-stream-populate": ([], {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_READ": "populate"}),
     # OpenMP's barrier spin-wait off: a compute thread waiting for another one's page
     # sleeps instead of taking a core from the read-ahead helper
     "budget-passive": ([], {"OMP_WAIT_POLICY": "passive"}),

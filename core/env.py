@@ -28,7 +28,9 @@ ENV: tuple[EnvVar, ...] = (
                                           "paged; benchmarks use it to measure its cost"),
     EnvVar("DISKLLM_KV_READ", "(read by llama-server) with `--kv-budget`: `direct` reads the streamed "
                                            "weights with O_DIRECT into windows swapped over the mapping (patches/0009); "
-                                           "`pread` reads ahead with blocking pread; default MADV_WILLNEED; "
+                                           "`pread` reads ahead with blocking pread; `populate` reads the streamed "
+                                           "weights' whole 2 MiB blocks as large folios (MADV_POPULATE_READ through a "
+                                           "MADV_HUGEPAGE twin mapping, patches/0015); default MADV_WILLNEED; "
                                            "benchmarks compare them"),
     EnvVar("DISKLLM_KV_PATH", "(read by llama-server) with `--kv-budget auto`: `stream` or `faults` fixes how "
                               "what does not fit is read; default: both are timed on the live decode and the "

@@ -195,10 +195,14 @@ def _cgroup_or_skip(limit: int) -> MemoryCgroup:
         pytest.skip(f"no memory cap here ({e}); paging is not exercised")
 
 
-@pytest.mark.parametrize("kind", ["dense", "iswa", "hybrid"])
+@pytest.mark.parametrize("kind", ["dense", "dense-populate", "iswa", "hybrid"])
 async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
-        kind: str, home: Home, server_binary: Path, smollm2_path: Path, gemma3_path: Path, hybrid_path: Path):
-    model = {"dense": smollm2_path, "iswa": gemma3_path, "hybrid": hybrid_path}[kind]
+        kind: str, home: Home, server_binary: Path, smollm2_path: Path, gemma3_path: Path, hybrid_path: Path,
+        monkeypatch: pytest.MonkeyPatch):
+    model = {"dense": smollm2_path, "dense-populate": smollm2_path, "iswa": gemma3_path, "hybrid": hybrid_path}[kind]
+    if kind == "dense-populate":
+        # the streamed weights read ahead as 2 MiB folios (patches/0015); the server inherits it
+        monkeypatch.setenv("DISKLLM_KV_READ", "populate")
     expected = await _ram_transcript(home, server_binary, model, warmed=True)
     working_set = _working_set(model)
     cg = _cgroup_or_skip(START_CAP)
@@ -224,6 +228,12 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         # came out of both
         assert st["seconds_per_token_streaming"] > 0 and st["seconds_per_token_faults"] > 0, st
         assert st["read_path"] in ("stream", "faults"), st
+        if kind == "dense-populate":
+            # not the within-node check below: MADV_POPULATE_READ blocks the helper until its
+            # block is read, and here compute got through the output head before it (0 bytes)
+            assert st["large_folio_bytes"] > 0, st
+        else:
+            assert st["large_folio_bytes"] == 0, st
         if kind in ("dense", "iswa"):
             # their tied output heads (SmolLM2 29 MiB, Gemma-3 170 MiB, one MUL_MAT each) were
             # streamed within the node, released behind compute (patches/0011)
