@@ -84,8 +84,18 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "budget-pread": ([], {"DISKLLM_KV_READ": "pread"}),
     # the streamed weights read by MADV_POPULATE_READ through a MADV_HUGEPAGE twin mapping
     # (large folios) instead of MADV_WILLNEED (one 4 KiB folio per page): patch 0015
+    # with patches/0016 the server times both on the live decode and keeps the faster
+    # (variants without DISKLLM_KV_READ); these pin one
+    "budget-willneed": ([], {"DISKLLM_KV_READ": "willneed"}),
+    "budget-stream-willneed": ([], {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_READ": "willneed"}),
     "budget-populate": ([], {"DISKLLM_KV_READ": "populate"}),
     "budget-stream-populate": ([], {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_READ": "populate"}),
+    # ... with the blocks read on the helper thread, one at a time (0015 as first measured),
+    # or by 4 populate threads instead of the default 2
+    "budget-stream-populate-sync": ([], {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_READ": "populate",
+                                         "DISKLLM_KV_POPULATE_THREADS": "0"}),
+    "budget-stream-populate-4": ([], {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_READ": "populate",
+                                      "DISKLLM_KV_POPULATE_THREADS": "4"}),
     # OpenMP's barrier spin-wait off: a compute thread waiting for another one's page
     # sleeps instead of taking a core from the read-ahead helper
     "budget-passive": ([], {"OMP_WAIT_POLICY": "passive"}),

@@ -29,14 +29,14 @@ from typing import Any
 
 from diskllm.bench.kv_backend import (Bench, Say, _f, _mb, _ratio, bench_parser, binaries, emit,
                                       measure_interleaved, path_note, say_stderr, setup)
-from diskllm.bench.machine import describe, drop_file_cache
+from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
 from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, repacked_bytes
 
 VARIANTS = ("stock", "ram", "ssd", "ssd-repack-cache")
 # what the ssd server's paging does under the cap: its budget off (0004's read-ahead and
 # the kernel's LRU), and neither (plain page faults)
 PAGING_VARIANTS = ("ssd-budget-off", "ssd-faults", "ssd-stream", "ssd-stream-whole", "ssd-stream-normal", "ssd-direct",
-                   "ssd-direct-stream")
+                   "ssd-direct-stream", "ssd-populate", "ssd-stream-populate", "ssd-willneed", "ssd-stream-willneed")
 # environment of the variants that pin one way: the streamed weights' read path
 # (patches/0009, DISKLLM_KV_READ) and streaming vs plain faults (patches/0010,
 # DISKLLM_KV_PATH; "ssd" and "ssd-direct" let the server time both and choose)
@@ -45,7 +45,13 @@ VARIANT_ENV = {"ssd-direct": {"DISKLLM_KV_READ": "direct"},
                # large weights asked for whole, as before patches/0011
                "ssd-stream-whole": {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_PROG": "off"},
                "ssd-stream-normal": {"DISKLLM_KV_PATH": "stream"},
-               "ssd-direct-stream": {"DISKLLM_KV_READ": "direct", "DISKLLM_KV_PATH": "stream"}}
+               "ssd-direct-stream": {"DISKLLM_KV_READ": "direct", "DISKLLM_KV_PATH": "stream"},
+               # streamed weights read as 2 MiB folios (patches/0015), or by MADV_WILLNEED;
+               # "ssd" times both (0016)
+               "ssd-populate": {"DISKLLM_KV_READ": "populate"},
+               "ssd-stream-populate": {"DISKLLM_KV_READ": "populate", "DISKLLM_KV_PATH": "stream"},
+               "ssd-willneed": {"DISKLLM_KV_READ": "willneed"},
+               "ssd-stream-willneed": {"DISKLLM_KV_READ": "willneed", "DISKLLM_KV_PATH": "stream"}}
 CAP_BYTES = int(2.5e9)
 
 
@@ -84,6 +90,7 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
     cache = repack_cache_path_for(s0.work, model, bins["patched"])
     rows: list[dict] = [{"kind": "machine", **describe(s0.work), "model": model.name, "model_bytes": s0.info.file_size,
                          "repacked_bytes": repacked_bytes(s0.info), "runs": runs, "n_predict": n_predict,
+                         "kv_used": s0.info.kv_bytes_per_token() * fill,
                          "quick": quick, "binaries": {k: str(v) for k, v in bins.items()}}]
 
     def bench(variant: str, ctx: int, **kw: Any) -> Bench:
@@ -109,6 +116,8 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
             rows += [{"kind": "repack", **r} for r in measure_interleaved([bench(v, ctx) for v in variants], runs)]
         if cap:
             ctx = ctxs[0]
+            say("disk read rates (O_DIRECT, fresh file): the paging limit's numerator")
+            rows.append({"kind": "disk", **disk_read_rates(s0.work, 1024)})
             for v in variants:
                 drop_file_cache(model, verify=True)
                 if cache.exists():
@@ -163,19 +172,41 @@ def table(rows: list[dict]) -> str:
     caps = [r for r in rows if r["kind"] == "repack-cap"]
     if caps:
         n_runs = max((len(r.get("decode_runs") or []) for r in caps), default=0)
+        disk = next((r for r in rows if r["kind"] == "disk"), None)
+        seq = disk["seq_read_Bps"] if disk else None
         out += ["", f"Under a {caps[0]['cap_bytes'] / 1e9:.1f} GB cap (server + page cache), -c {caps[0]['ctx']}, "
-                    f"each server alone, decode = median of {n_runs} x {m.get('n_predict')} tokens:", "",
-                "| server | started | answered | decode tok/s | read / token MB | cgroup peak MB | what happened |",
-                "|---|---|---|---:|---:|---:|---|"]
+                    f"each server alone, decode = median of {n_runs} x {m.get('n_predict')} tokens. "
+                    "W = KV used + weights, B = cap - RssAnon; limit = disk sequential / (W - B) "
+                    "(the uncapped decode, in the side-by-side table, is far above it):", "",
+                "| server | started | answered | decode tok/s | x limit | read / token MB | / (W-B) "
+                "| storage read rate MB/s | x disk sequential | cgroup peak MB | what happened |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in caps:
             what = "; ".join(x for x in (r.get("runs_cut"), r.get("error")) if x) or "answered"
             what = "; ".join(x for x in (what, path_note(r)) if x)
             if r.get("oom_kills"):
                 what = f"OOM-killed in the cgroup: {what}"
+            stream = _streamed_part(m, r)
+            per_tok, rate = r.get("read_bytes_per_token"), r.get("kv_read_Bps")
+            lim = seq / stream if seq and stream else None
             out.append(f"| {r['variant']} | {'yes' if r['started'] else 'no'} | {'yes' if r['answered'] else 'no'} "
-                       f"| {_f(r.get('decode_tps'), '.2f')} | {_mb(r.get('read_bytes_per_token'))} "
+                       f"| {_f(r.get('decode_tps'), '.2f')} "
+                       f"| {_f(r['decode_tps'] / lim if lim and r.get('decode_tps') else None, '.2f')} "
+                       f"| {_mb(per_tok)} | {_f(per_tok / stream if per_tok and stream else None, '.2f')} "
+                       f"| {_mb(rate)} | {_f(rate / seq if rate and seq else None, '.2f')} "
                        f"| {_mb(r.get('cgroup_peak'))} | {what.replace('|', '/')[:120]} |")
+        if disk:
+            out += ["", f"Disk, same run ({disk['test_file_mib']} MiB fresh file, O_DIRECT): sequential 1 MiB reads "
+                        f"{seq / 1e6:.0f} MB/s"]
     return "\n".join(out)
+
+
+def _streamed_part(m: dict, r: dict) -> float | None:
+    """W - B of a capped row: weights + KV used, minus the cap's room once private memory is out."""
+    if not (m.get("model_bytes") and r.get("rss_anon") and r.get("cap_bytes")):
+        return None
+    part = m["model_bytes"] + m.get("kv_used", 0) - (r["cap_bytes"] - r["rss_anon"])
+    return part if part > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:
