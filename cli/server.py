@@ -285,7 +285,8 @@ def paging_text(p: PagingStats | None) -> str:
     b = lambda n: human_bytes(n, "binary")  # noqa: E731
     return (f"budget {b(p.budget)} ({p.budget_source}), resident {b(p.resident)} of {b(p.working_set)}, "
             f"streams {b(p.streamed_per_token)}/token at {b(int(p.read_per_second))}/s"
-            f"{', by plain page faults (timed faster here)' if p.read_path == 'faults' else ''}; "
+            f"{', by plain page faults (timed faster here)' if p.read_path == 'faults' else ''}"
+            f"{', in 2 MiB folios' if p.large_folios and p.read_path != 'faults' else ''}; "
             f"+{b(p.more_ram_helps)} RAM would stop it")
 
 

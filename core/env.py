@@ -26,12 +26,14 @@ ENV: tuple[EnvVar, ...] = (
     EnvVar("DISKLLM_DEBUG=1", "tracebacks for unexpected errors"),
     EnvVar("DISKLLM_KV_PREFETCH_FORCE=1", "(read by llama-server) keep the read-ahead on although nothing is "
                                           "paged; benchmarks use it to measure its cost"),
-    EnvVar("DISKLLM_KV_READ", "(read by llama-server) with `--kv-budget`: `direct` reads the streamed "
-                                           "weights with O_DIRECT into windows swapped over the mapping (patches/0009); "
-                                           "`pread` reads ahead with blocking pread; `populate` reads the streamed "
-                                           "weights' whole 2 MiB blocks as large folios (MADV_POPULATE_READ through a "
-                                           "MADV_HUGEPAGE twin mapping, patches/0015); default MADV_WILLNEED; "
-                                           "benchmarks compare them"),
+    EnvVar("DISKLLM_KV_READ", "(read by llama-server) with `--kv-budget`, how the streamed weights are read: "
+                              "`populate` as 2 MiB folios (MADV_POPULATE_READ through a MADV_HUGEPAGE twin "
+                              "mapping, patches/0015-0016), `willneed` by MADV_WILLNEED (4 KiB folios), `direct` "
+                              "with O_DIRECT into windows swapped over the mapping (patches/0009), `pread` with "
+                              "blocking pread; default: populate while whole 2 MiB weight blocks are half the "
+                              "working set or more, else willneed (0016); benchmarks pin one"),
+    EnvVar("DISKLLM_KV_POPULATE_THREADS", "(read by llama-server) threads reading 2 MiB folios (default 2; 0 = "
+                                          "on the read-ahead helper, one at a time, as patches/0015 did)"),
     EnvVar("DISKLLM_KV_PATH", "(read by llama-server) with `--kv-budget auto`: `stream` or `faults` fixes how "
                               "what does not fit is read; default: both are timed on the live decode and the "
                               "faster is kept (patches/0010); benchmarks pin one"),

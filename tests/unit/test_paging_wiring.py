@@ -52,5 +52,7 @@ def test_ps_says_why_a_reply_is_slow(tmp_path: Path):
     assert "page faults" not in text
     (tmp_path / "diskllm-kv-4242-paging.json").write_text(json.dumps({**STATS, "read_path": "faults"}))
     assert "by plain page faults (timed faster here)" in paging_text(paging_stats(tmp_path, 4242))
+    (tmp_path / "diskllm-kv-4242-paging.json").write_text(json.dumps({**STATS, "large_folios": True}))
+    assert "in 2 MiB folios" in paging_text(paging_stats(tmp_path, 4242))
     assert paging_text(None) == "-"
     assert paging_text(paging_stats(tmp_path, 1)) == "-"

@@ -93,6 +93,8 @@ class MemoryScreen(PaneScreen):
                  f"streams {human_bytes(p.streamed_per_token)}/token"]
         if p.read_path == "faults":
             lines.append("by plain page faults (faster here)")
+        elif p.large_folios:
+            lines.append("in 2 MiB folios (faster here)")
         lines += [f"reads {human_bytes(int(p.read_per_second))}/s",
                   f"+{human_bytes(p.more_ram_helps)} RAM: no streaming"]
         return lines
