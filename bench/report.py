@@ -326,6 +326,8 @@ def _targets(res: Any) -> list[str]:
         if capped.get("ssd", {}).get("decode_tps") and capped.get("ssd-faults", {}).get("decode_tps"):
             line(*_not_slower_than_faults(
                 f"issue 14, full-size 7B Q4_K under {c.get('cap_gb', 0):g} GB", capped["ssd"], capped["ssd-faults"]))
+        for target in _capped_7b_targets(run, capped.get("ssd")):
+            line(*target)
         if ssd.get("prefill_tps") and stock.get("prefill_tps"):
             r = ssd["prefill_tps"] / stock["prefill_tps"]
             rc = be.get("ssd-repack-cache", {}).get("prefill_tps")
@@ -383,6 +385,28 @@ def _targets(res: Any) -> list[str]:
             r = free["budget"]["decode_tps"] / free["ram"]["decode_tps"]
             line(f"issue 14, {name}: decode ssd/ram >= 0.97 without a cap (budget idle)",
                  f"{r:.2f} ({free['budget']['decode_tps']:.2f} vs {free['ram']['decode_tps']:.2f} tok/s)", r >= 0.97)
+    return out
+
+
+def _capped_7b_targets(run: dict[str, Any], r: dict[str, Any] | None) -> list[tuple[str, str, bool]]:
+    """Issue 14's targets for the default server of a capped full-size 7B run that measured
+    the disk (limit = disk / (W - B): its uncapped decode is far above that)."""
+    disk = next(iter(_rows(run, "disk")), None)
+    m = next(iter(_rows(run, "machine")), {})
+    if not (r and disk and r.get("decode_tps")):
+        return []
+    seq, stream = disk["seq_read_Bps"], repack._streamed_part(m, r)
+    if not stream:
+        return []
+    where = f"issue 14, full-size 7B Q4_K under {run['config'].get('cap_gb', 0):g} GB, {run['config'].get('label') or ''}"
+    tps, per_tok, rate = r["decode_tps"], r.get("read_bytes_per_token"), r.get("kv_read_Bps")
+    out = [(f"{where}: decode >= 0.7 x the limit", f"{tps * stream / seq:.2f} ({tps:.2f} of {seq / stream:.2f} tok/s)",
+            tps * stream / seq >= 0.7)]
+    if per_tok:
+        out.append((f"{where}: read per token <= 1.15 x (W - B)", f"{per_tok / stream:.2f}", per_tok / stream <= 1.15))
+    if rate:
+        out.append((f"{where}: storage read rate >= 0.85 x O_DIRECT sequential",
+                    f"{rate / seq:.2f} ({rate / 1e6:.0f} of {seq / 1e6:.0f} MB/s)", rate / seq >= 0.85))
     return out
 
 
