@@ -83,9 +83,9 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     # MADV_WILLNEED (measured slower)
     "budget-pread": ([], {"DISKLLM_KV_READ": "pread"}),
     # the streamed weights read by MADV_POPULATE_READ through a MADV_HUGEPAGE twin mapping
-    # (large folios) instead of MADV_WILLNEED (one 4 KiB folio per page): patch 0015
-    # with patches/0016 the server times both on the live decode and keeps the faster
-    # (variants without DISKLLM_KV_READ); these pin one
+    # (large folios) instead of MADV_WILLNEED (one 4 KiB folio per page): patch 0015.
+    # Since 0016 the server picks one by the working set (large folios while whole 2 MiB
+    # weight blocks are half of it or more; variants without DISKLLM_KV_READ); these pin one
     "budget-willneed": ([], {"DISKLLM_KV_READ": "willneed"}),
     "budget-stream-willneed": ([], {"DISKLLM_KV_PATH": "stream", "DISKLLM_KV_READ": "willneed"}),
     "budget-populate": ([], {"DISKLLM_KV_READ": "populate"}),

@@ -47,7 +47,7 @@ VARIANT_ENV = {"ssd-direct": {"DISKLLM_KV_READ": "direct"},
                "ssd-stream-normal": {"DISKLLM_KV_PATH": "stream"},
                "ssd-direct-stream": {"DISKLLM_KV_READ": "direct", "DISKLLM_KV_PATH": "stream"},
                # streamed weights read as 2 MiB folios (patches/0015), or by MADV_WILLNEED;
-               # "ssd" times both (0016)
+               # "ssd" picks one by the working set (0016)
                "ssd-populate": {"DISKLLM_KV_READ": "populate"},
                "ssd-stream-populate": {"DISKLLM_KV_READ": "populate", "DISKLLM_KV_PATH": "stream"},
                "ssd-willneed": {"DISKLLM_KV_READ": "willneed"},

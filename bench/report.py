@@ -399,12 +399,21 @@ def _capped_7b_targets(run: dict[str, Any], r: dict[str, Any] | None) -> list[tu
     if not stream:
         return []
     where = f"issue 14, full-size 7B Q4_K under {run['config'].get('cap_gb', 0):g} GB, {run['config'].get('label') or ''}"
-    tps, per_tok, rate = r["decode_tps"], r.get("read_bytes_per_token"), r.get("kv_read_Bps")
-    out = [(f"{where}: decode >= 0.7 x the limit", f"{tps * stream / seq:.2f} ({tps:.2f} of {seq / stream:.2f} tok/s)",
-            tps * stream / seq >= 0.7)]
-    if per_tok:
+    return _limit_targets(where, r, seq / stream, stream, seq)
+
+
+def _limit_targets(where: str, r: dict[str, Any], lim: float | None, stream: float | None,
+                   seq: float | None) -> list[tuple[str, str, bool]]:
+    """Issue 14's three targets for one capped row: decode against the limit, bytes read per
+    token against W - B, and the storage read rate against the disk's O_DIRECT rate."""
+    out: list[tuple[str, str, bool]] = []
+    tps, per_tok, rate = r.get("decode_tps"), r.get("read_bytes_per_token"), r.get("kv_read_Bps")
+    if tps and lim:
+        out.append((f"{where}: decode >= 0.7 x the limit", f"{tps / lim:.2f} ({tps:.2f} of {lim:.2f} tok/s)",
+                    tps / lim >= 0.7))
+    if per_tok and stream and stream > 0:
         out.append((f"{where}: read per token <= 1.15 x (W - B)", f"{per_tok / stream:.2f}", per_tok / stream <= 1.15))
-    if rate:
+    if rate and seq:
         out.append((f"{where}: storage read rate >= 0.85 x O_DIRECT sequential",
                     f"{rate / seq:.2f} ({rate / 1e6:.0f} of {seq / 1e6:.0f} MB/s)", rate / seq >= 0.85))
     return out
@@ -417,21 +426,11 @@ def _paging_targets(run: dict[str, Any], disk: dict[str, Any] | None, name: str)
     seq = disk["seq_read_Bps"] if disk else None
     for r in (x for x in rows if x["variant"] == "budget" and x.get("answered")):
         cap = f"{r['cap_fraction']:g} cap"
-        tps, per_tok, rate = r.get("decode_tps"), r.get("read_bytes_per_token"), r.get("kv_read_Bps")
-        lim = kv_paging.limit_tps(r, seq, free)
-        stream = kv_paging.streamed_part(r)
         faults = next((x for x in rows if x["variant"] == "faults" and x["cap_fraction"] == r["cap_fraction"]
                        and x.get("answered")), None)
-        if tps and lim:
-            out.append((f"issue 14, {name}, {cap}: decode >= 0.7 x the limit", f"{tps / lim:.2f} "
-                        f"({tps:.2f} of {lim:.2f} tok/s)", tps / lim >= 0.7))
-        if per_tok and stream > 0:
-            out.append((f"issue 14, {name}, {cap}: read per token <= 1.15 x (W - B)", f"{per_tok / stream:.2f}",
-                        per_tok / stream <= 1.15))
-        if rate and seq:
-            out.append((f"issue 14, {name}, {cap}: storage read rate >= 0.85 x O_DIRECT sequential",
-                        f"{rate / seq:.2f} ({rate / 1e6:.0f} of {seq / 1e6:.0f} MB/s)", rate / seq >= 0.85))
-        if tps and faults and faults.get("decode_tps"):
+        out += _limit_targets(f"issue 14, {name}, {cap}", r, kv_paging.limit_tps(r, seq, free),
+                              kv_paging.streamed_part(r), seq)
+        if r.get("decode_tps") and faults and faults.get("decode_tps"):
             out.append(_not_slower_than_faults(f"issue 14, {name}, {cap}", r, faults))
     return out
 
