@@ -59,7 +59,7 @@ def test_memory_pane_says_why_paging_is_slow():
     assert any("budget 600" in x and "(cgroup)" in x for x in lines)
     assert not any("page faults" in x for x in lines)
     assert "by plain page faults (faster here)" in MemoryScreen._paging_lines(replace(p, read_path="faults"))
-    assert "in 2 MiB folios (faster here)" in MemoryScreen._paging_lines(replace(p, large_folios=True))
+    assert "in 2 MiB folios" in MemoryScreen._paging_lines(replace(p, large_folios=True))
     assert not any("folios" in x for x in lines)
     assert MemoryScreen._paging_lines(replace(p, active=False)) == []
     assert MemoryScreen._paging_lines(None) == []

@@ -94,7 +94,7 @@ class MemoryScreen(PaneScreen):
         if p.read_path == "faults":
             lines.append("by plain page faults (faster here)")
         elif p.large_folios:
-            lines.append("in 2 MiB folios (faster here)")
+            lines.append("in 2 MiB folios")  # chosen by the working set's shape, not timed here
         lines += [f"reads {human_bytes(int(p.read_per_second))}/s",
                   f"+{human_bytes(p.more_ram_helps)} RAM: no streaming"]
         return lines
