@@ -18,6 +18,9 @@ token. The model file and repack cache are dropped from the page cache first.
     python -m bench.repack --ctx 65536 --fill 2048 --cap-gb 0
     python -m bench.repack --quick              # 2-layer variant, small sizes, no cap
 
+New design vs old in one run: `--baseline-server PATH` (a build of the previous patch
+series) and variants with the suffix "@baseline" run on it, e.g. `--variants ssd ssd@baseline`.
+
 Importable: run(...) -> list[dict]; table(rows) -> Markdown.
 """
 from __future__ import annotations
@@ -53,6 +56,7 @@ VARIANT_ENV = {"ssd-direct": {"DISKLLM_KV_READ": "direct"},
                "ssd-willneed": {"DISKLLM_KV_READ": "willneed"},
                "ssd-stream-willneed": {"DISKLLM_KV_READ": "willneed", "DISKLLM_KV_PATH": "stream"}}
 CAP_BYTES = int(2.5e9)
+SUFFIX = "@baseline"  # a variant run on --baseline-server (the old design) instead
 
 
 def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
@@ -76,9 +80,11 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
         cap: int | None = CAP_BYTES, variants: tuple[str, ...] = VARIANTS, threads: int | None = None,
         runs: int | None = None, n_predict: int | None = None, work_dir: Path | None = None,
         side_by_side: bool = True, ssd_extra: tuple[str, ...] = (), server: Path | None = None,
-        say: Say = print) -> list[dict]:
+        baseline: Path | None = None, say: Say = print) -> list[dict]:
     """Rows: 'machine', 'repack-first-start', 'repack' (side by side), 'repack-cap' (each alone)."""
     from diskllm.testing.synth import synthesize_qwen7b_full
+    if baseline is None and any(v.endswith(SUFFIX) for v in variants):
+        raise SystemExit(f"error: the {SUFFIX} variants need --baseline-server")
     if quick:
         n_layer, ctx, fill, cap = 2, min(ctx, 4096), min(fill, 256), None
     ctxs = (ctx,)
@@ -95,11 +101,13 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
 
     def bench(variant: str, ctx: int, **kw: Any) -> Bench:
         s = setup(model, ctx, threads, s0.work, "")
-        backend, extra = _flags(variant, cache)
+        name = variant.removesuffix(SUFFIX)
+        backend, extra = _flags(name, cache)
         if backend == "ssd":
             extra = extra + list(ssd_extra)
-        env = VARIANT_ENV.get(variant)
-        return Bench(backend, bins["stock" if backend == "stock" else "patched"], model, ctx, fill,
+        env = VARIANT_ENV.get(name)
+        exe = bins["stock"] if backend == "stock" else baseline if name != variant else bins["patched"]
+        return Bench(backend, exe, model, ctx, fill,
                      threads=s.threads, ctx_override=s.ctx_override, n_predict=n_predict, work=s0.work, say=say,
                      extra=extra, label=variant, env=env, **kw)
 
@@ -213,15 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = bench_parser("bench.repack", __doc__, ctx=32768, fill=2048, model=None)
     ap.add_argument("--layers", type=int, default=28, help="28 = the full model (~3.9 GB); 2 for a quick look")
     ap.add_argument("--cap-gb", type=float, default=CAP_BYTES / 1e9, help="0: no capped runs")
-    ap.add_argument("--variants", nargs="+", choices=VARIANTS + PAGING_VARIANTS, default=list(VARIANTS))
+    names = VARIANTS + PAGING_VARIANTS
+    ap.add_argument("--variants", nargs="+", choices=names + tuple(v + SUFFIX for v in names if v != "stock"),
+                    default=list(VARIANTS), metavar="VARIANT",
+                    help=f"of {', '.join(names)}; NAME{SUFFIX} runs NAME on --baseline-server")
     ap.add_argument("--cap-only", action="store_true", help="only the capped runs")
     ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
+    ap.add_argument("--baseline-server", type=Path, help=f"llama-server for the {SUFFIX} variants (the old design)")
     ap.add_argument("ssd_extra", nargs="*", help="after --: more llama-server flags for the ssd servers")
     a = ap.parse_args(argv)
     rows = run(a.layers, a.ctx, a.fill, a.quick, cap=int(a.cap_gb * 1e9) or None,
                variants=tuple(a.variants), threads=a.threads, runs=a.runs, n_predict=a.n_predict,
                work_dir=a.work_dir, side_by_side=not a.cap_only, ssd_extra=tuple(a.ssd_extra), server=a.server,
-               say=say_stderr)
+               baseline=a.baseline_server, say=say_stderr)
     return emit(rows, a.json, table(rows))
 
 
