@@ -11,6 +11,8 @@ memory cgroup too small for their KV + weights, so every token streams pages fro
 - `--kv-budget MIB` is honoured: the server reports the budget it uses (stats file, log),
   the pages of the KV file and the model it keeps resident stay within it, and it never
   leaves them to page faults;
+- started cold under the cap, the server learns no eviction margin from its warm-up
+  (patches/0017);
 - the prefetch thread, the KV files and the paging stats file go away with the server.
 
 The cap is real, not simulated: skipped where this process may not create a child memory
@@ -293,6 +295,46 @@ async def test_lowering_the_cap_while_decoding_releases_memory_and_the_server_li
         _assert_budget_from_cgroup(st, srv.proc.pid, low)
         assert st["streaming"]
         assert (cg.usage() or 0) <= low
+        assert cg.oom_kills() in (0, None)
+        srv.kv = kv_files(home.kv_cache, srv.proc.pid)
+        srv.stop_and_check()
+    finally:
+        srv.kill()
+        cg.close()
+
+
+async def test_a_cold_start_under_the_cap_learns_no_margin_from_its_warm_up(
+        home: Home, server_binary: Path, smollm2_path: Path):
+    """Started cold under a cap too small for KV + weights, the warm-up graphs read the
+    resident set in while the page cache still holds the model loader's read of the whole
+    file, and reclaim takes part of it. That says nothing of the room streaming needs, so
+    the eviction margin learns only once a graph starts with the resident set in memory
+    (patches/0017). Before, the warm-up widened it every time (SmolLM2 here: ~28 MiB of a
+    51 MiB resident set, kept through the first reply)."""
+    probe = _Server(home, server_binary, smollm2_path, None, name="uncapped")
+    try:
+        await _wait_healthy(probe.url.base_url, probe.proc)
+        await _complete(probe.url, PROMPT, n=1)
+        private = memory_of(probe.proc.pid).rss_anon + SLACK
+        probe.kv = kv_files(home.kv_cache, probe.proc.pid)
+        probe.stop_and_check()
+    finally:
+        probe.kill()
+    cg = _cgroup_or_skip(private + _working_set(smollm2_path) // 3)
+    drop_file_cache(smollm2_path)
+    srv = _Server(home, server_binary, smollm2_path, cg, name="cold")
+    try:
+        await _wait_healthy(srv.url.base_url, srv.proc)
+        log = srv.text()
+        warm_up = log[:log.index("model loaded")]
+        print(f"\ncap {cg.limit / 2**20:.0f} MiB (private {private / 2**20:.0f}):\n"
+              + "\n".join(x for x in warm_up.splitlines() if "kv-budget" in x))
+        # the warm-up already streamed (over the budget), and widened no margin
+        assert "streams per graph with drop-behind" in warm_up, warm_up[-2000:]
+        assert "reclaim took" not in warm_up, warm_up[-2000:]
+        assert _stats(srv.kv_dir, srv.proc.pid)["margin_bytes"] == 0
+        r = await _complete(srv.url, PROMPT, n=8)
+        assert r["timings"]["predicted_n"] == 8
         assert cg.oom_kills() in (0, None)
         srv.kv = kv_files(home.kv_cache, srv.proc.pid)
         srv.stop_and_check()
