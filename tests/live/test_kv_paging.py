@@ -165,14 +165,15 @@ class _Server:
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          preexec_fn=cg.preexec if cg else None)
         self.url = _Capped(self.port)
-        self.kv: list[Path] = []
         self.stats_path = _stats_file(self.kv_dir, self.proc.pid)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def stop_and_check(self) -> None:
-        """SIGTERM; a clean exit (the helper thread joined), no KV or stats file left."""
+    def stop_and_check(self) -> list[Path]:
+        """SIGTERM; a clean exit (the helper thread joined), no KV or stats file left.
+        Returns the KV files the running server had."""
+        kv = kv_files(self.kv_dir, self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:
             rc = self.proc.wait(30)
@@ -180,9 +181,10 @@ class _Server:
             self.proc.kill()
             rc = self.proc.wait()
         assert rc == 0, (rc, self.text()[-2000:])
-        assert not any(p.exists() for p in self.kv)
+        assert not any(p.exists() for p in kv)
         assert not self.stats_path.exists()
         assert not os.path.exists(f"/proc/{self.proc.pid}")
+        return kv
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -246,9 +248,7 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         assert read > min(info_size(model), working_set // 2), read
         assert "kv-budget:" in srv.text()
         assert cg.oom_kills() in (0, None)
-        srv.kv = kv_files(home.kv_cache, srv.proc.pid)
-        assert srv.kv
-        srv.stop_and_check()
+        assert srv.stop_and_check()  # it had KV files, and they are gone
     finally:
         srv.kill()
         cg.close()
@@ -296,7 +296,6 @@ async def test_lowering_the_cap_while_decoding_releases_memory_and_the_server_li
         assert st["streaming"]
         assert (cg.usage() or 0) <= low
         assert cg.oom_kills() in (0, None)
-        srv.kv = kv_files(home.kv_cache, srv.proc.pid)
         srv.stop_and_check()
     finally:
         srv.kill()
@@ -316,7 +315,6 @@ async def test_a_cold_start_under_the_cap_learns_no_margin_from_its_warm_up(
         await _wait_healthy(probe.url.base_url, probe.proc)
         await _complete(probe.url, PROMPT, n=1)
         private = memory_of(probe.proc.pid).rss_anon + SLACK
-        probe.kv = kv_files(home.kv_cache, probe.proc.pid)
         probe.stop_and_check()
     finally:
         probe.kill()
@@ -336,7 +334,6 @@ async def test_a_cold_start_under_the_cap_learns_no_margin_from_its_warm_up(
         r = await _complete(srv.url, PROMPT, n=8)
         assert r["timings"]["predicted_n"] == 8
         assert cg.oom_kills() in (0, None)
-        srv.kv = kv_files(home.kv_cache, srv.proc.pid)
         srv.stop_and_check()
     finally:
         srv.kill()
@@ -371,7 +368,6 @@ async def test_budget_flag_is_honoured(home: Home, server_binary: Path, smollm2_
         assert _advice_flags(srv.proc.pid, lambda p: "/diskllm-kv-" in p) == {"rr"}
         assert _advice_flags(srv.proc.pid, lambda p: p == str(smollm2_path.resolve())) == {"rr"}
         assert got == expected
-        srv.kv = kv_files(home.kv_cache, srv.proc.pid)
         srv.stop_and_check()
     finally:
         srv.kill()
