@@ -306,6 +306,21 @@ def path_note(r: dict[str, Any]) -> str:
             + (f", margin {margin / 2**20:.0f} MiB" if margin else ""))
 
 
+SUFFIX = "@baseline"  # a variant run on --baseline-server (the old design) instead
+
+
+def require_baseline(baseline: Path | None, variants: list[str] | tuple[str, ...]) -> None:
+    """Stop before any work if a NAME@baseline variant has no --baseline-server."""
+    if baseline is None and any(v.endswith(SUFFIX) for v in variants):
+        raise SystemExit(f"error: the {SUFFIX} variants need --baseline-server")
+
+
+def variant_binary(variant: str, binary: Path, baseline: Path | None) -> tuple[str, Path]:
+    """(NAME, the server to run it on): NAME@baseline runs on the baseline server."""
+    name = variant.removesuffix(SUFFIX)
+    return name, (baseline or binary) if name != variant else binary
+
+
 class Bench:
     """One backend's server through its phases: start, fill, decode runs, memory, stop."""
 

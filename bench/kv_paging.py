@@ -44,8 +44,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diskllm.bench.kv_backend import (KV_WINDOW, Bench, Say, bench_parser, binaries, emit, kv_type_bytes,
-                                      measure_interleaved, path_note, say_stderr, setup)
+from diskllm.bench.kv_backend import (KV_WINDOW, SUFFIX, Bench, Say, bench_parser, binaries, emit, kv_type_bytes,
+                                      measure_interleaved, path_note, require_baseline, say_stderr, setup,
+                                      variant_binary)
 from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
 
 # name -> (extra llama-server flags, environment). "prefetch" is what `diskllm run` does
@@ -100,7 +101,6 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     # sleeps instead of taking a core from the read-ahead helper
     "budget-passive": ([], {"OMP_WAIT_POLICY": "passive"}),
 }
-SUFFIX = "@baseline"  # a variant run on --baseline-server (the old design) instead
 DEFAULT_VARIANTS = ("faults", "prefetch", "budget-stream", "budget")
 FREE_VARIANTS = ("faults", "prefetch", "budget")  # beside ram without a cap
 
@@ -124,8 +124,7 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
         caps: tuple[int, ...] | list[int] = (), free_variants: tuple[str, ...] | list[str] = FREE_VARIANTS,
         baseline: Path | None = None, say: Say = print) -> list[dict]:
     """Rows: one 'machine', 'free' rows (no cap), 'paging' rows (under caps), one 'disk'."""
-    if baseline is None and any(v.endswith(SUFFIX) for v in [*variants, *free_variants]):
-        raise SystemExit(f"error: the {SUFFIX} variants need --baseline-server")
+    require_baseline(baseline, [*variants, *free_variants])
     if quick:
         ctx, fill = min(ctx, 2048), min(fill, 1000)
     runs = runs or (2 if quick else 3)
@@ -142,9 +141,8 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
     base_flags = list(extra or [])
 
     def bench(backend: str, variant: str, **kw: Any) -> Bench:
-        name = variant.removesuffix(SUFFIX)
+        name, exe = variant_binary(variant, binary, baseline)
         flags, env = VARIANTS[name] if backend == "ssd" else ([], {})
-        exe = baseline if name != variant else binary
         return Bench(backend, exe, model_path, ctx, fill, n_predict=n_predict, extra=base_flags + flags, env=env,
                      label=variant if backend == "ssd" else backend, **common, **kw)
 

@@ -30,8 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diskllm.bench.kv_backend import (Bench, Say, _f, _mb, _ratio, bench_parser, binaries, emit,
-                                      measure_interleaved, path_note, say_stderr, setup)
+from diskllm.bench.kv_backend import (SUFFIX, Bench, Say, _f, _mb, _ratio, bench_parser, binaries, emit,
+                                      measure_interleaved, path_note, require_baseline, say_stderr, setup,
+                                      variant_binary)
 from diskllm.bench.machine import describe, disk_read_rates, drop_file_cache
 from diskllm.core.models.repack import ensure_private_dir, repack_cache_path, repacked_bytes
 
@@ -56,7 +57,6 @@ VARIANT_ENV = {"ssd-direct": {"DISKLLM_KV_READ": "direct"},
                "ssd-willneed": {"DISKLLM_KV_READ": "willneed"},
                "ssd-stream-willneed": {"DISKLLM_KV_READ": "willneed", "DISKLLM_KV_PATH": "stream"}}
 CAP_BYTES = int(2.5e9)
-SUFFIX = "@baseline"  # a variant run on --baseline-server (the old design) instead
 
 
 def _flags(variant: str, cache: Path) -> tuple[str, list[str]]:
@@ -83,8 +83,7 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
         baseline: Path | None = None, say: Say = print) -> list[dict]:
     """Rows: 'machine', 'repack-first-start', 'repack' (side by side), 'repack-cap' (each alone)."""
     from diskllm.testing.synth import synthesize_qwen7b_full
-    if baseline is None and any(v.endswith(SUFFIX) for v in variants):
-        raise SystemExit(f"error: the {SUFFIX} variants need --baseline-server")
+    require_baseline(baseline, variants)
     if quick:
         n_layer, ctx, fill, cap = 2, min(ctx, 4096), min(fill, 256), None
     ctxs = (ctx,)
@@ -101,12 +100,13 @@ def run(n_layer: int = 28, ctx: int = 32768, fill: int = 2048, quick: bool = Fal
 
     def bench(variant: str, ctx: int, **kw: Any) -> Bench:
         s = setup(model, ctx, threads, s0.work, "")
-        name = variant.removesuffix(SUFFIX)
+        name, exe = variant_binary(variant, bins["patched"], baseline)
         backend, extra = _flags(name, cache)
         if backend == "ssd":
             extra = extra + list(ssd_extra)
         env = VARIANT_ENV.get(name)
-        exe = bins["stock"] if backend == "stock" else baseline if name != variant else bins["patched"]
+        if backend == "stock":
+            exe = bins["stock"]
         return Bench(backend, exe, model, ctx, fill,
                      threads=s.threads, ctx_override=s.ctx_override, n_predict=n_predict, work=s0.work, say=say,
                      extra=extra, label=variant, env=env, **kw)
