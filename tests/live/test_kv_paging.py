@@ -358,11 +358,11 @@ async def test_budget_flag_is_honoured(home: Home, server_binary: Path, smollm2_
         assert st["read_path"] == "stream" and st["seconds_per_token_faults"] < 0, st
         assert st["resident_bytes"] <= budget
         # reads in flight and the segment being computed come on top: in a budget under
-        # 128 MiB the read-ahead is 1/16 of it (4 MiB here, not --kv-prefetch's 8; patch 0014)
-        # + a segment of 1 MiB
+        # 128 MiB the read-ahead is a quarter of it up to --kv-prefetch (8 MiB here; patches
+        # 0014, 0019) + a segment of 2 MiB
         assert resident <= budget + (12 << 20), resident
         assert "kv-budget: set by hand: 64.0 MiB" in srv.text()
-        assert "with drop-behind, read ahead 4 MiB" in srv.text()
+        assert "with drop-behind, read ahead 8 MiB" in srv.text()
         # the default --kv-advice (auto) is random while streaming: the helper asks for every
         # page, and a fault's sequential read-ahead would read pages no plan names (0013)
         assert _advice_flags(srv.proc.pid, lambda p: "/diskllm-kv-" in p) == {"rr"}
