@@ -41,6 +41,7 @@ EVENTS = ("block/block_rq_issue", "block/block_rq_complete")
 # "254,0 RA 589824 () 514628896 + 1152 ..." (issue) and "254,0 RA () 514626808 + 2088 ..." (complete)
 _EVENT = re.compile(r"\s([\d.]+): block_rq_(issue|complete): (\d+),(\d+) (\S+) (?:\d+ )?\(.*?\) (\d+) \+ (\d+)")
 SIZE_BINS_KIB = (4, 64, 256, 512, 1024)
+SIZE_LABELS = [f"<= {kib} KiB" for kib in SIZE_BINS_KIB] + [f"> {SIZE_BINS_KIB[-1]} KiB"]
 
 
 @dataclass
@@ -56,10 +57,7 @@ class BlockSummary:
 
 
 def _size_bin(n: int) -> str:
-    for kib in SIZE_BINS_KIB:
-        if n <= kib << 10:
-            return f"<= {kib} KiB"
-    return f"> {SIZE_BINS_KIB[-1]} KiB"
+    return next((label for kib, label in zip(SIZE_BINS_KIB, SIZE_LABELS) if n <= kib << 10), SIZE_LABELS[-1])
 
 
 def summarize(lines: Iterable[str], devices: set[tuple[int, int]] | None = None,
@@ -108,8 +106,7 @@ def report(s: BlockSummary, gap_ms: float) -> str:
     if not s.reads:
         return "no reads completed in the window"
     mb = s.bytes / 1e6
-    order = [f"<= {kib} KiB" for kib in SIZE_BINS_KIB] + [f"> {SIZE_BINS_KIB[-1]} KiB"]
-    sizes = ", ".join(f"{k} {s.bytes_by_size[k] / s.bytes:.2f}" for k in order if k in s.bytes_by_size)
+    sizes = ", ".join(f"{k} {s.bytes_by_size[k] / s.bytes:.2f}" for k in SIZE_LABELS if k in s.bytes_by_size)
     return "\n".join([
         f"{s.reads} reads, {mb:.0f} MB in {s.seconds:.2f} s: {mb / s.seconds:.0f} MB/s",
         f"busy {s.busy_seconds / s.seconds:.2f} of the time, {mb / s.busy_seconds:.0f} MB/s while busy, "
@@ -151,14 +148,12 @@ def _record(tr: Path, seconds: float, delay: float) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
     ap = bench_parser("bench.block_trace", __doc__, ctx=8192, fill=7000)
     ap.add_argument("--cap-mib", type=int, required=True, help="memory cgroup limit: server + page cache")
     ap.add_argument("--seconds", type=float, default=2.0, help="length of the trace")
     ap.add_argument("--gap-ms", type=float, default=5.0)
     ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
+    ap.add_argument("extra", nargs="*", help="after --: extra llama-server flags (e.g. -ctk q8_0 -ctv q8_0)")
     a: argparse.Namespace = ap.parse_args(argv)
     tr = _tracefs()
     st = setup(a.model, a.ctx, a.threads, a.work_dir, "diskllm-blocktrace-")
@@ -167,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     # long enough for the trace to sit inside the second decode
     n_predict = a.n_predict or 256
     b = Bench("ssd", binary, st.model, a.ctx, a.fill, threads=st.threads, ctx_override=st.ctx_override,
-              n_predict=n_predict, work=st.work, say=say_stderr, cap=a.cap_mib << 20, extra=extra, label="trace")
+              n_predict=n_predict, work=st.work, say=say_stderr, cap=a.cap_mib << 20, extra=a.extra, label="trace")
     b.start()
     b.fill_prompt()
     b.decode_once(0, 2)
