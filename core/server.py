@@ -630,7 +630,7 @@ class PagingStats:
     faults_s_per_token: float = -1.0     # its last timing of each way (decode; -1 = not timed)
     streaming_s_per_token: float = -1.0
     margin: int = 0                      # bytes kept free because reclaim took part of the resident set
-    large_folios: bool = False           # streamed weights read as 2 MiB folios (patches/0016: chosen by the working set)
+    large_folios: bool = False           # streamed blocks read as 2 MiB folios (patches/0016, 0021: chosen by the working set)
 
     @property
     def more_ram_helps(self) -> int:

@@ -2,7 +2,8 @@
 memory cgroup too small for their KV + weights, so every token streams pages from storage.
 
 - outputs equal the RAM backend's under the cap, for a dense (SmolLM2), an iSWA (Gemma-3)
-  and a hybrid (synthesized lfm2) model;
+  and a hybrid (synthesized lfm2) model, and for a model with Qwen2.5-7B's KV geometry
+  (synthesized), whose KV is read as 2 MiB folios too (patches/0021);
 - lowering the cap while a reply is decoding makes the server release memory, not die;
 - both ways of reading what does not fit, streaming and plain page faults, are timed on
   the live decode and give the same outputs (patches/0010);
@@ -38,7 +39,7 @@ from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.paths import Home
 from diskllm.core.server import (ServerOptions, build_argv, kv_files, kv_mapping_resident, memory_of, smaps_fields,
                                  stop_server)
-from diskllm.testing.synth import synthesize_hybrid
+from diskllm.testing.synth import synthesize_hybrid, synthesize_qwen7b_geometry
 from test_kv_backend import LONG_PROMPT, _complete, _start
 
 # ~2,600 tokens: with SmolLM2 that is ~60 MB of KV beside 98 MB of weights
@@ -51,6 +52,11 @@ SLACK = 8 << 20  # on top of private memory: it still grows a little (compute bu
 @pytest.fixture(scope="session")
 def hybrid_path() -> Path:
     return synthesize_hybrid()
+
+
+@pytest.fixture(scope="session")
+def qwen7b_geometry_path() -> Path:
+    return synthesize_qwen7b_geometry()
 
 
 def _threads(pid: int) -> list[str]:
@@ -199,13 +205,16 @@ def _cgroup_or_skip(limit: int) -> MemoryCgroup:
         pytest.skip(f"no memory cap here ({e}); paging is not exercised")
 
 
-@pytest.mark.parametrize("kind", ["dense", "dense-populate", "iswa", "hybrid"])
+@pytest.mark.parametrize("kind", ["dense", "dense-populate", "iswa", "hybrid", "kv-large"])
 async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         kind: str, home: Home, server_binary: Path, smollm2_path: Path, gemma3_path: Path, hybrid_path: Path,
-        monkeypatch: pytest.MonkeyPatch):
-    model = {"dense": smollm2_path, "dense-populate": smollm2_path, "iswa": gemma3_path, "hybrid": hybrid_path}[kind]
-    if kind == "dense-populate":
-        # the streamed weights read ahead as 2 MiB folios (patches/0015); the server inherits it
+        qwen7b_geometry_path: Path, monkeypatch: pytest.MonkeyPatch):
+    model = {"dense": smollm2_path, "dense-populate": smollm2_path, "iswa": gemma3_path, "hybrid": hybrid_path,
+             "kv-large": qwen7b_geometry_path}[kind]
+    if kind in ("dense-populate", "kv-large"):
+        # the streamed blocks read ahead as 2 MiB folios (patches/0015); the server inherits it.
+        # Pinned for kv-large too: at this fill its whole blocks are about half the working set,
+        # so the default rule (0016) may go either way from one graph to the next
         monkeypatch.setenv("DISKLLM_KV_READ", "populate")
     expected = await _ram_transcript(home, server_binary, model, warmed=True)
     working_set = _working_set(model)
@@ -236,9 +245,13 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         # by the populate threads (0016) where pinned, or by default where such blocks are
         # half the working set or more (Gemma-3's 170 MiB output head; not SmolLM2 with its
         # KV, nor the hybrid's small tensors)
-        large = kind == "dense-populate" or st["whole_block_share"] >= 0.5
+        large = kind in ("dense-populate", "kv-large") or st["whole_block_share"] >= 0.5
         assert (st["large_folio_bytes"] > 0) == large, st
         assert ("kv-populate" in _threads(srv.proc.pid)) == large
+        # the 7B geometry's KV (1 KiB per cell in each K and V tensor) has a whole 2 MiB
+        # block below the hot cells in every tensor: read as 2 MiB folios too (patches/0021).
+        # The others' K and V tensors hold no whole block at this fill
+        assert (st["large_folio_kv_bytes"] > 0) == (kind == "kv-large"), st
         if kind in ("dense", "iswa") and not large:
             # their tied output heads (SmolLM2 29 MiB, Gemma-3 170 MiB, one MUL_MAT each) were
             # streamed within the node, released behind compute (patches/0011; not with
