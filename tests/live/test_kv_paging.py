@@ -243,8 +243,8 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         assert st["read_path"] in ("stream", "faults"), st
         # the streamed weights' whole 2 MiB blocks were read as large folios (patches/0015)
         # by the populate threads (0016) where pinned, or by default where such blocks are
-        # half the working set or more (Gemma-3's 170 MiB output head; not SmolLM2 with its
-        # KV, nor the hybrid's small tensors)
+        # half the working set or more (Gemma-3's 170 MiB output head, the synthesized
+        # hybrid's output head; not SmolLM2 with its KV)
         large = kind in ("dense-populate", "kv-large") or st["whole_block_share"] >= 0.5
         assert (st["large_folio_bytes"] > 0) == large, st
         assert ("kv-populate" in _threads(srv.proc.pid)) == large
