@@ -250,8 +250,12 @@ async def test_outputs_equal_ram_while_paging_and_helpers_end_with_server(
         assert ("kv-populate" in _threads(srv.proc.pid)) == large
         # the 7B geometry's KV (1 KiB per cell in each K and V tensor) has a whole 2 MiB
         # block below the hot cells in every tensor: read as 2 MiB folios too (patches/0021).
-        # The others' K and V tensors hold no whole block at this fill
-        assert (st["large_folio_kv_bytes"] > 0) == (kind == "kv-large"), st
+        # SmolLM2's K and V tensors (1.5 MiB) hold none; Gemma-3's global layers' 2 MiB
+        # tensors sometimes do (CI saw 3 blocks), so it is not checked
+        if kind == "kv-large":
+            assert st["large_folio_kv_bytes"] > 0, st
+        elif kind in ("dense", "dense-populate"):
+            assert st["large_folio_kv_bytes"] == 0, st
         if kind in ("dense", "iswa") and not large:
             # their tied output heads (SmolLM2 29 MiB, Gemma-3 170 MiB, one MUL_MAT each) were
             # streamed within the node, released behind compute (patches/0011; not with
