@@ -18,7 +18,9 @@ The private memory is read once from an uncapped ssd server after the same promp
 (RssAnon + 8 MiB, as tests/live/test_kv_paging.py does). New vs old design in one
 run, starts alternating: `--variants ssd ssd@baseline --baseline-server OLD`.
 
-    python -m bench.cold_start --fill 2600 --runs 6 --server NEW --variants ssd ssd@baseline --baseline-server OLD
+--runs is the number of starts per variant (4; 1 with --quick).
+
+    python -m bench.cold_start --fill 2600 --runs 8 --n-predict 32 --server NEW --variants ssd ssd@baseline --baseline-server OLD
 
 Importable: run(...) -> list[dict]; table(rows) -> Markdown.
 """
@@ -189,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [v for v in a.variants if v.removesuffix(SUFFIX) != "ssd"]
     if bad:
         ap.error(f"unknown variant {bad[0]!r} (ssd or ssd{SUFFIX})")
-    rows = run(a.model, a.ctx, a.fill, fraction=a.fraction, variants=a.variants, runs=a.runs or 4,
-               n_predict=a.n_predict or 16, threads=a.threads, server=a.server, baseline=a.baseline_server,
+    fill = min(a.fill, 1000) if a.quick else a.fill
+    rows = run(a.model, a.ctx, fill, fraction=a.fraction, variants=a.variants, runs=a.runs or (1 if a.quick else 4),
+               n_predict=a.n_predict or (8 if a.quick else 16), threads=a.threads, server=a.server, baseline=a.baseline_server,
                extra=a.extra, work_dir=a.work_dir, say=say_stderr)
     return emit(rows, a.json, table(rows))
 
