@@ -1,6 +1,6 @@
 """bench.cold_start's reading of a server log and its summary (the starts themselves need a
-capped server; these log lines are in the patched server's own format, taken from a real
-log of the CI run where the warm-up widened the margin)."""
+capped server). The first four log lines are from the CI run where the warm-up widened
+the margin; the "model loaded" line and the later loss are added in the same format."""
 from diskllm.bench.cold_start import parse_log, summarize, table
 
 LOG = """\
