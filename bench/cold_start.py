@@ -26,7 +26,6 @@ Importable: run(...) -> list[dict]; table(rows) -> Markdown.
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import statistics
@@ -36,28 +35,13 @@ from typing import Any
 
 from diskllm.bench.cgroup import MemoryCgroup
 from diskllm.bench.kv_backend import (SUFFIX, Say, Server, _free_port, _post, bench_parser, binaries, emit,
-                                      real_text, require_baseline, say_stderr, server_argv, setup, start,
+                                      real_prompt, require_baseline, say_stderr, server_argv, setup, start,
                                       variant_binary)
 from diskllm.bench.machine import describe, drop_file_cache
-from diskllm.core.server import memory_of
+from diskllm.core.server import memory_of, paging_stats
 
 SLACK = 8 << 20  # on top of private memory: it still grows a little (compute buffers, slots)
 RECLAIM = re.compile(r"reclaim took ([\d.]+) MiB")
-
-
-def _prompt(srv: Server, fill: int) -> list[int]:
-    toks = _post(srv.url + "/tokenize", {"content": real_text(fill * 6)}, 120)["tokens"]
-    if len(toks) < fill:
-        raise RuntimeError(f"only {len(toks)} tokens of text")
-    return toks[:fill]
-
-
-def _stats(srv: Server) -> dict[str, Any]:
-    path = Path(srv.kv_dir or ".") / f"diskllm-kv-{srv.proc.pid}-paging.json"
-    try:
-        return json.loads(path.read_bytes().rstrip(b"\0 \n"))
-    except (OSError, ValueError):
-        return {}
 
 
 def parse_log(text: str) -> dict[str, Any]:
@@ -95,7 +79,7 @@ def run(model: str | Path = "smollm2", ctx: int = 4096, fill: int = 2600, *, fra
     try:
         probe = launch(binary, "uncapped", None)
         try:
-            prompt = _prompt(probe, fill)
+            prompt = real_prompt(probe.url, fill)
             _post(probe.url + "/completion", {"prompt": prompt, "n_predict": 1, "temperature": 0}, 600)
             private = memory_of(probe.proc.pid).rss_anon + SLACK
         finally:
@@ -114,11 +98,11 @@ def run(model: str | Path = "smollm2", ctx: int = 4096, fill: int = 2600, *, fra
                     try:
                         r = _post(srv.url + "/completion", {"prompt": prompt, "n_predict": n_predict,
                                                             "temperature": 0, "ignore_eos": True}, 900)
-                        st = _stats(srv)
+                        st = paging_stats(srv.kv_dir, srv.proc.pid) if srv.kv_dir else None
                         row.update(parse_log(srv.log.read_text(errors="replace")))
-                        row.update(decode_tps=r["timings"]["predicted_per_second"],
-                                   margin=st.get("margin_bytes"), resident=st.get("resident_bytes"),
-                                   read_per_token=st.get("read_bytes_per_token"), oom_kills=cg.oom_kills())
+                        row.update(decode_tps=r["timings"]["predicted_per_second"], oom_kills=cg.oom_kills())
+                        if st:
+                            row.update(margin=st.margin, resident=st.resident, read_per_token=st.read_per_token)
                     finally:
                         srv.stop()
                 except Exception as e:  # noqa: BLE001 - a benchmark row reports what went wrong

@@ -280,6 +280,14 @@ def start(argv: list[str], log: Path, kv_dir: Path | None, cgroup: MemoryCgroup 
     return srv, f"not healthy after {timeout:.0f} s"
 
 
+def real_prompt(url: str, fill: int) -> list[int]:
+    """Real text tokenized by the server at `url` and cut to exactly `fill` tokens."""
+    toks = _post(url + "/tokenize", {"content": real_text(fill * 6)}, 120)["tokens"]
+    if len(toks) < fill:
+        raise RuntimeError(f"only {len(toks)} tokens of text")
+    return toks[:fill]
+
+
 def _exit_text(rc: int | None) -> str:
     if rc is None:
         return "still running"
@@ -396,10 +404,7 @@ class Bench:
             return
         self.phase = "filling"
         try:
-            toks = _post(self.srv.url + "/tokenize", {"content": real_text(self.fill * 6)}, 120)["tokens"]
-            if len(toks) < self.fill:
-                raise RuntimeError(f"only {len(toks)} tokens of text")
-            self.prompt = toks[:self.fill]  # real text cut to exactly `fill` tokens
+            self.prompt = real_prompt(self.srv.url, self.fill)
             self.say(f"  {self.label}: filling {self.fill} tokens")
             r = _post(self.srv.url + "/completion", {"prompt": self.prompt, "n_predict": 1, "temperature": 0,
                                                      "cache_prompt": True}, self.timeout)

@@ -631,6 +631,7 @@ class PagingStats:
     streaming_s_per_token: float = -1.0
     margin: int = 0                      # bytes kept free because reclaim took part of the resident set
     large_folios: bool = False           # streamed blocks read as 2 MiB folios (patches/0016, 0021: chosen by the working set)
+    read_per_token: float = 0.0          # storage bytes read per decode token (0 until measured)
 
     @property
     def more_ram_helps(self) -> int:
@@ -654,7 +655,7 @@ def paging_stats(kv_dir: Path, pid: int) -> PagingStats | None:
                            int(d.get("streamed_bytes_per_token") or 0), float(d.get("read_bytes_per_second") or 0),
                            str(d.get("read_path") or ""), float(d.get("seconds_per_token_faults", -1)),
                            float(d.get("seconds_per_token_streaming", -1)), int(d.get("margin_bytes") or 0),
-                           bool(d.get("large_folios")))
+                           bool(d.get("large_folios")), float(d.get("read_bytes_per_token") or 0))
     return None
 
 

@@ -41,6 +41,7 @@ def test_stats_file_is_read_padded_and_is_not_a_kv_file(tmp_path: Path):
     (tmp_path / "diskllm-kv-4242-32768-kv.bin").write_bytes(b"\0")
     p = paging_stats(tmp_path, 4242)
     assert p is not None and p.active and p.budget == 600 << 20 and p.more_ram_helps == 420 << 20
+    assert p.read_per_token == 430 << 20
     assert [f.name for f in kv_files(tmp_path, 4242)] == ["diskllm-kv-4242-32768-kv.bin"]
     assert paging_stats(tmp_path, 1) is None
 
