@@ -42,6 +42,7 @@ from diskllm.core.server import memory_of, paging_stats
 
 SLACK = 8 << 20  # on top of private memory: it still grows a little (compute buffers, slots)
 RECLAIM = re.compile(r"reclaim took ([\d.]+) MiB")
+MEDIANS = ("margin", "resident", "decode_tps", "read_per_token")  # per start, summarized as medians
 
 
 def parse_log(text: str) -> dict[str, Any]:
@@ -125,20 +126,19 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
         if r.get("kind") != "cold":
             continue
         v = out.setdefault(r["variant"], {"starts": 0, "failed": 0, "warm_up_margins": 0, "any_margin": 0,
-                                          "_m": [], "_res": [], "_tps": [], "_rpt": []})
+                                          "_vals": {f: [] for f in MEDIANS}})
         v["starts"] += 1
         if "error" in r:
             v["failed"] += 1
             continue
         v["warm_up_margins"] += bool(r.get("warm_up_losses"))
         v["any_margin"] += bool(r.get("losses"))
-        for key, field in (("_m", "margin"), ("_res", "resident"), ("_tps", "decode_tps"), ("_rpt", "read_per_token")):
-            if r.get(field) is not None:
-                v[key].append(r[field])
+        for f in MEDIANS:
+            if r.get(f) is not None:
+                v["_vals"][f].append(r[f])
     for v in out.values():
-        for key, name in (("_m", "margin"), ("_res", "resident"), ("_tps", "decode_tps"), ("_rpt", "read_per_token")):
-            vals = v.pop(key)
-            v[name] = statistics.median(vals) if vals else None
+        for f, vals in v.pop("_vals").items():
+            v[f] = statistics.median(vals) if vals else None
     return out
 
 
