@@ -40,28 +40,33 @@ class MemoryCgroup:
 
     _count = 0
 
-    def __init__(self, limit_bytes: int) -> None:
-        self.version, parent = own_memory_cgroup()
+    def __init__(self, limit_bytes: int | None, inside: MemoryCgroup | None = None) -> None:
+        """limit_bytes None: no limit of its own (`inside`'s bounds it: patches/0024)."""
+        self.version, parent = (inside.version, inside.path) if inside else own_memory_cgroup()
         MemoryCgroup._count += 1
         self.path = parent / f"diskllm-bench-{os.getpid()}-{MemoryCgroup._count}"
-        self.limit = int(limit_bytes)
+        self.limit = int(limit_bytes) if limit_bytes is not None else 0
         try:
             if self.version == 2:
                 ctl = (parent / "cgroup.subtree_control").read_text().split()
                 if "memory" not in ctl:
                     (parent / "cgroup.subtree_control").write_text("+memory")
             self.path.mkdir()
-            if self.version == 1:
-                (self.path / "memory.limit_in_bytes").write_text(str(self.limit))
-                with contextlib.suppress(OSError):  # no swap accounting: fine
-                    (self.path / "memory.memsw.limit_in_bytes").write_text(str(self.limit))
-            else:
-                (self.path / "memory.max").write_text(str(self.limit))
-                with contextlib.suppress(OSError):
-                    (self.path / "memory.swap.max").write_text("0")
+            if limit_bytes is not None:
+                self._write_limit()
         except OSError as e:
             self.close()
             raise CgroupUnavailable(f"cannot create a capped child of {parent}: {e.strerror or e}") from None
+
+    def _write_limit(self) -> None:
+        if self.version == 1:
+            (self.path / "memory.limit_in_bytes").write_text(str(self.limit))
+            with contextlib.suppress(OSError):  # no swap accounting: fine
+                (self.path / "memory.memsw.limit_in_bytes").write_text(str(self.limit))
+        else:
+            (self.path / "memory.max").write_text(str(self.limit))
+            with contextlib.suppress(OSError):
+                (self.path / "memory.swap.max").write_text("0")
 
     def set_limit(self, limit_bytes: int) -> None:
         """Move the cap while the server runs (issue 14: a shrinking budget). Lowering it

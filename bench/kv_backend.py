@@ -336,7 +336,8 @@ class Bench:
                  ctx_override: str | None, n_predict: int, work: Path, say: Say,
                  cap: int | None = None, cap_fraction: float | None = None,
                  extra: list[str] | None = None, timeout: float = 900, slow_run: float = 240,
-                 kv_window: int = KV_WINDOW, env: dict[str, str] | None = None, label: str | None = None) -> None:
+                 kv_window: int = KV_WINDOW, env: dict[str, str] | None = None, label: str | None = None,
+                 cap_on_parent: bool = False) -> None:
         self.backend, self.fill, self.n_predict, self.say, self.timeout = backend, fill, n_predict, say, timeout
         self.slow_run = slow_run
         self.row: dict[str, Any] = {"backend": backend, "model": model.name, "ctx": ctx, "fill": fill,
@@ -355,7 +356,9 @@ class Bench:
             self.row["command"] = " ".join(f"{k}={v}" for k, v in env.items()) + " " + self.row["command"]
         self.log = work / f"{self.label}-{cap_fraction or 'free'}.log"
         self.cap = cap
+        self.cap_on_parent = cap_on_parent  # the cap on a parent, the server in an unlimited child (a slice's limit)
         self.cg: MemoryCgroup | None = None
+        self.parent_cg: MemoryCgroup | None = None
         self.srv: Server | None = None
         self.prompt: list[int] = []
         self.tps: list[float] = []
@@ -381,8 +384,14 @@ class Bench:
     def start(self) -> None:
         if self.cap is not None:
             try:
-                self.cg = MemoryCgroup(self.cap)
+                if self.cap_on_parent:
+                    self.parent_cg = MemoryCgroup(self.cap)
+                    self.cg = MemoryCgroup(None, inside=self.parent_cg)
+                else:
+                    self.cg = MemoryCgroup(self.cap)
             except CgroupUnavailable as e:
+                if self.parent_cg:
+                    self.parent_cg.close()
                 self.row["error"] = f"skipped: {e}"
                 self.say(f"  {self.label}: memory cap skipped: {e}")
                 return
@@ -481,15 +490,16 @@ class Bench:
             row["loadavg"].append(os.getloadavg()[0])
             if self.cg:
                 row["cgroup_peak"] = self.cg.peak()
-                row["oom_kills"] = self.cg.oom_kills()
+                row["oom_kills"] = (self.parent_cg or self.cg).oom_kills()  # (a parent's limit: its OOM)
             if srv:
                 srv.stop()
                 row.setdefault("exit", _exit_text(srv.proc.returncode))
-            if self.cg:
+            for cg in (self.cg, self.parent_cg):  # the child first
                 try:
-                    self.cg.close()
+                    if cg:
+                        cg.close()
                 except OSError as e:
-                    self.say(f"  warning: could not remove {self.cg.path}: {e}")
+                    self.say(f"  warning: could not remove {cg.path}: {e}")
             if self.kv_dir:
                 shutil.rmtree(self.kv_dir, ignore_errors=True)
         if row.get("oom_kills"):

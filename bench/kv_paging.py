@@ -25,8 +25,8 @@ the previous patch series) and variants with the suffix "@baseline" run on it, e
 `--variants budget budget@baseline`.
 
 Absolute caps (`--caps-mib 2500`) instead of fractions are for a model whose weights
-alone exceed the room (the full-size 7B: `--model qwen7b-full` once core.synthmodels
-has `synthesize_qwen7b_full`, or a .gguf path).
+alone exceed the room (the full-size 7B: `--model qwen7b-full --caps-mib 2500`, a
+3.9 GB synthesis).
 
 The model file's pages are dropped from the page cache before every capped
 server, so its weights are read by (and charged to) the capped server.
@@ -105,31 +105,21 @@ DEFAULT_VARIANTS = ("faults", "prefetch", "budget-stream", "budget")
 FREE_VARIANTS = ("faults", "prefetch", "budget")  # beside ram without a cap
 
 
-def _resolve(model: str | Path) -> str | Path:
-    """The bench models, plus the hook for the full-size 7B (issue 14)."""
-    if str(model) in ("qwen7b-full", "qwen7b"):
-        from diskllm.core import synthmodels
-        fn = getattr(synthmodels, "synthesize_qwen7b_full", None)
-        if fn is None:
-            raise SystemExit("error: core.synthmodels has no synthesize_qwen7b_full yet (pass a .gguf path)")
-        return fn()
-    return model
-
-
 def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick: bool = False, *,
         fractions: tuple[float, ...] | list[float] = (0.5, 0.25),
         variants: tuple[str, ...] | list[str] = DEFAULT_VARIANTS, threads: int | None = None,
         runs: int | None = None, n_predict: int | None = None, server: Path | None = None,
         kv_window: int = KV_WINDOW, extra: list[str] | None = None, work_dir: Path | None = None,
         caps: tuple[int, ...] | list[int] = (), free_variants: tuple[str, ...] | list[str] = FREE_VARIANTS,
-        baseline: Path | None = None, say: Say = print) -> list[dict]:
-    """Rows: one 'machine', 'free' rows (no cap), 'paging' rows (under caps), one 'disk'."""
+        baseline: Path | None = None, cap_on_parent: bool = False, say: Say = print) -> list[dict]:
+    """Rows: one 'machine', 'free' rows (no cap), 'paging' rows (under caps), one 'disk'.
+    cap_on_parent: each cap is set on a parent cgroup, the server runs in an unlimited child."""
     require_baseline(baseline, [*variants, *free_variants])
     if quick:
         ctx, fill = min(ctx, 2048), min(fill, 1000)
     runs = runs or (2 if quick else 3)
     n_predict = n_predict or (8 if quick else 32)
-    s = setup(_resolve(model), ctx, threads, work_dir, "diskllm-paging-")
+    s = setup(model, ctx, threads, work_dir, "diskllm-paging-")
     model_path, info, ctx_override, threads, work = s.model, s.info, s.ctx_override, s.threads, s.work
     binary = binaries(False, say, server, None)["patched"]
     kv_used = info.kv_bytes_per_token(kv_type_bytes(extra)) * fill  # q8_0 etc. halve it
@@ -164,7 +154,7 @@ def run(model: str | Path = "smollm2", ctx: int = 8192, fill: int = 7000, quick:
                 say(f"{v} under {cap / 2**20:.0f} MiB = RssAnon {private / 2**20:.0f} + {f:g} x "
                     f"(KV {kv_used / 2**20:.0f} + weights {info.file_size / 2**20:.0f}) MiB")
                 drop_file_cache(model_path, verify=True)
-                r = measure_interleaved([bench("ssd", v, cap=cap, cap_fraction=f)], runs)[0]
+                r = measure_interleaved([bench("ssd", v, cap=cap, cap_fraction=f, cap_on_parent=cap_on_parent)], runs)[0]
                 rows.append({"kind": "paging", **r, "private_base": private, "paged_base": base,
                              "room": cap - private})
         say("disk read rates (O_DIRECT, fresh file)")
@@ -262,12 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-server", type=Path, help=f"llama-server for the {SUFFIX} variants (the old design)")
     ap.add_argument("--kv-window", type=int, default=KV_WINDOW)
     ap.add_argument("--server", type=Path, help="patched llama-server instead of the cached build")
+    ap.add_argument("--cap-on-parent", action="store_true",
+                    help="set each cap on a parent cgroup and run the server in an unlimited child (a slice's limit)")
     ap.add_argument("extra", nargs="*", help="after --: extra llama-server flags for every server (e.g. -ctk q8_0 -ctv q8_0)")
     a = ap.parse_args(argv)
     rows = run(a.model, a.ctx, a.fill, a.quick, fractions=a.fractions, variants=a.variants, runs=a.runs,
                n_predict=a.n_predict, threads=a.threads, server=a.server, kv_window=a.kv_window,
                extra=a.extra, work_dir=a.work_dir, caps=[c << 20 for c in a.caps_mib],
-               free_variants=a.free_variants, baseline=a.baseline_server, say=say_stderr)
+               free_variants=a.free_variants, baseline=a.baseline_server, cap_on_parent=a.cap_on_parent,
+               say=say_stderr)
     return emit(rows, a.json, table(rows))
 
 

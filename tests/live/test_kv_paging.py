@@ -281,6 +281,36 @@ def _assert_budget_from_cgroup(st: dict, pid: int, limit: int) -> None:
     assert st["budget_bytes"] < limit - st["other_bytes"], st
 
 
+async def test_a_parent_cgroups_limit_bounds_the_budget(home: Home, server_binary: Path, smollm2_path: Path):
+    """A limit set on a parent cgroup only (a systemd slice, a container's outer group)
+    bounds the server too: the budget comes from it, less what the rest of the parent
+    holds (patches/0024). Before, the budget fell back to MemAvailable, the whole machine."""
+    working_set = _working_set(smollm2_path)
+    parent = _cgroup_or_skip(START_CAP)
+    child = MemoryCgroup(None, inside=parent)
+    drop_file_cache(smollm2_path)
+    srv = _Server(home, server_binary, smollm2_path, child, name="parent-cap")
+    try:
+        await _wait_healthy(srv.url.base_url, srv.proc)
+        await _complete(srv.url, PROMPT, n=1)
+        private = memory_of(srv.proc.pid).rss_anon + SLACK
+        parent.set_limit(private + working_set // 2)
+        r = await _complete(srv.url, PROMPT + " More:", n=16)
+        assert r["timings"]["predicted_n"] == 16
+        st = _stats(srv.kv_dir, srv.proc.pid)
+        print(f"\nparent cap {parent.limit / 2**20:.0f} MiB, child unlimited: stats {st}")
+        assert st["budget_source"].startswith("parent cgroup memory."), st
+        assert abs(st["limit_bytes"] - parent.limit) <= 64 << 10, (st, parent.limit)
+        assert st["budget_bytes"] < parent.limit - memory_of(srv.proc.pid).rss_anon, st
+        assert st["streaming"], st
+        assert parent.oom_kills() in (0, None)
+        srv.stop_and_check()
+    finally:
+        srv.kill()
+        child.close()
+        parent.close()
+
+
 def info_size(model: Path) -> int:
     return read_gguf_info(model).file_size
 
