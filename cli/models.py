@@ -11,7 +11,8 @@ from diskllm.core.config import load_config
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.models.index import InstalledModel, ModelIndex
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.models.show import describe
+from diskllm.core.memory_budget import paging_rows, read_budget
+from diskllm.core.models.show import describe, estimate_memory
 from diskllm.core.rpc.endpoints import parse_endpoints
 from diskllm.core.rpc.split import plan_split
 from diskllm.core.models.resolve import PullHook, remove_model
@@ -109,7 +110,17 @@ def cmd_show(args: argparse.Namespace) -> int:
         if m.extra:
             rows.append(("extra files", ", ".join(sorted(m.extra.values()))))
     cfg = load_config(home)
-    rows += describe(info, args.ctx or cfg.ctx, weights, cfg.repack)
+    for flag in ("ctx", "fill", "kv_budget"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise DiskLLMError(f"--{flag.replace('_', '-')} must be a positive integer")
+    ctx = args.ctx or cfg.ctx
+    if args.fill is not None and args.fill > ctx:
+        raise DiskLLMError(f"--fill {args.fill} is more than the context ({ctx}): raise --ctx or lower --fill")
+    rows += describe(info, ctx, weights, cfg.repack)
+    # the ssd backend's paging: what the server's budget rule would keep resident here
+    private = estimate_memory(info, ctx, weights, cfg.repack).ssd_private
+    budget = read_budget(args.kv_budget or cfg.kv_budget, private)
+    rows += paging_rows(info, args.fill or ctx, budget, weights)
     workers = parse_endpoints(args.rpc) if args.rpc else parse_endpoints(cfg.rpc, "config rpc")
     if workers:
         split = plan_split(info, args.ctx or cfg.ctx, [str(w) for w in workers], args.ngl)
@@ -167,6 +178,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rpc", metavar="HOST:PORT[,...]", help="estimate what each host holds over these workers "
                                                             "(default: config rpc)")
     p.add_argument("--ngl", type=int, metavar="N", help="with --rpc: layers on the workers (as for run)")
+    p.add_argument("--fill", type=int, metavar="N", help="tokens in use for the paging estimate (default: the context)")
+    p.add_argument("--kv-budget", type=int, metavar="MIB", help="the paging estimate under this budget instead of "
+                                                                "this machine's (config: kv_budget)")
     p.set_defaults(func=cmd_show)
 
     p = subparsers.add_parser("rm", help="remove installed models")

@@ -6,7 +6,7 @@ the machine. Update after an intended change: pytest tests/tui/test_tui_snapshot
 """
 from __future__ import annotations
 
-
+from dataclasses import replace
 
 from diskllm.tui.app import Workbench
 import tui_fake_data as fake
@@ -91,6 +91,8 @@ def test_dead_server_offers_restart(app, snap_compare):
 
 
 def test_start_form(app, snap_compare):
+    app.cfg = replace(app.cfg, kv_budget=150)  # the paging estimate's budget: this machine's otherwise
+
     async def run_before(pilot):
         await feed(pilot, fake.models_loaded())
         await pilot.press("down")   # smollm2:135m

@@ -9,6 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
 from diskllm.core.errors import DiskLLMError
+from diskllm.core.memory_budget import Budget, budget_text, estimate_streaming, read_budget, streaming_text
 from diskllm.core.models.gguf import GGUFInfo
 from diskllm.core.models.show import estimate_memory, weights_text
 from diskllm.core.rpc.endpoints import parse_endpoints
@@ -78,10 +79,12 @@ class StartServerScreen(Dialog):
     ]
 
     def __init__(self, model: str, info: GGUFInfo | None, ctx: int, backend: str, repack: str = "off",
-                 rpc: list[str] | None = None) -> None:
+                 rpc: list[str] | None = None, kv_budget: int | None = None) -> None:
         super().__init__()
         self.model, self.info, self.ctx, self.backend, self.repack = model, info, ctx, backend, repack
         self.rpc = list(rpc or [])
+        self.kv_budget = kv_budget
+        self.budget: Budget | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="start-form"):
@@ -102,6 +105,9 @@ class StartServerScreen(Dialog):
             yield Static("tab next field   enter / ctrl+s start   esc cancel", classes="hint")
 
     def on_mount(self) -> None:
+        if self.info is not None:  # the server's budget rule, read once (a few /proc and cgroup files)
+            private = estimate_memory(self.info, self.ctx, repack=self.repack).ssd_private
+            self.budget = read_budget(self.kv_budget, private)
         self._estimate()
 
     def _ctx(self) -> int | None:
@@ -154,8 +160,10 @@ class StartServerScreen(Dialog):
                        f"weights {weights_text(e)}")
         else:
             private = f"{human_bytes(e.ssd_private)} (repacked weights) + " if e.ssd_private else ""
+            paging = streaming_text(estimate_streaming(self.info, ctx, self.budget))
             out.update(f"private RAM ~ {private}compute buffers only\n"
-                       f"KV up to {human_bytes(e.kv)} on SSD (grows with use)\nweights {weights_text(e)}")
+                       f"KV up to {human_bytes(e.kv)} on SSD (grows with use)\nweights {weights_text(e)}\n"
+                       f"budget {budget_text(self.budget)}\nfull context: {paging}")
 
     @on(Input.Submitted)
     def action_submit(self) -> None:

@@ -165,7 +165,8 @@ class ModelsScreen(PaneScreen):
                 self.notify(f"starting {row.name} (ctx {ctx:,}, kv {backend}{over})")
 
         self.app.push_screen(StartServerScreen(row.name, row.info, self.ctx, self.bench.cfg.kv_backend,
-                                                self.bench.cfg.repack, self.bench.cfg.rpc), chosen)
+                                                self.bench.cfg.repack, self.bench.cfg.rpc, self.bench.cfg.kv_budget),
+                             chosen)
 
     @on(DataTable.RowSelected, "#installed")
     def _enter_installed(self) -> None:
