@@ -189,7 +189,10 @@ def build_argv(home: Home, opts: ServerOptions, binary: Path, port: int | None =
                  "--kv-window", str(opts.kv_window)]
         if opts.kv_backend == "ssd" and server_supports_flag(binary, "--kv-prefetch"):
             argv += ["--kv-prefetch", str(opts.kv_prefetch)]
-        if opts.kv_backend == "ssd" and opts.kv_budget and server_supports_flag(binary, "--kv-budget"):
+        if opts.kv_backend == "ssd" and opts.kv_budget:
+            if not server_supports_flag(binary, "--kv-budget"):  # an older build: say so, never ignore a budget
+                raise DiskLLMError(f"{binary} has no --kv-budget (built before paging budgets); "
+                                   "'diskllm build' the patched server, or drop kv_budget / --kv-budget")
             argv += ["--kv-budget", str(opts.kv_budget)]
     elif opts.kv_backend != "ram":
         raise DiskLLMError(
@@ -621,7 +624,7 @@ class PagingStats:
     """What the server's paging reports (patches/0006: diskllm-kv-<pid>-paging.json)."""
     active: bool                  # the working set does not fit: streaming or reading ahead
     budget: int                   # bytes of KV + weights it may keep resident
-    budget_source: str            # "cgroup", "memavailable", "flag", ...
+    budget_source: str            # "--kv-budget", "[parent ]cgroup memory.max" (v1: memory.limit_in_bytes), "MemAvailable"
     working_set: int              # bytes one decode step reads (filled KV + weights)
     resident: int                 # bytes kept resident
     streamed_per_token: int       # bytes released and read again every token

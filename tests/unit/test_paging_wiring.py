@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from diskllm.cli.server import paging_text
 from diskllm.core.config import Config
+from diskllm.core.errors import DiskLLMError
 from diskllm.core.paths import Home
 from diskllm.core.server import ServerOptions, build_argv, kv_files, paging_stats
 
@@ -34,6 +37,16 @@ def test_budget_from_config_and_flag_reaches_argv(tmp_path: Path):
     assert argv[argv.index("--kv-budget") + 1] == "512"
     assert "--kv-budget" not in build_argv(home, ServerOptions.from_config(Config(), model), binary)  # auto
     assert "--kv-budget" not in build_argv(home, ServerOptions.from_config(cfg, model, kv_backend="ram"), binary)
+
+
+
+def test_a_budget_for_a_server_without_the_flag_is_an_error_not_ignored(tmp_path: Path):
+    home, binary, model = Home(tmp_path / "h"), _fake_binary(tmp_path), tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    binary.write_text("#!/bin/sh\necho '--kv-backend --kv-path --kv-window --kv-prefetch'\n")  # an older build
+    with pytest.raises(DiskLLMError, match="has no --kv-budget"):
+        build_argv(home, ServerOptions.from_config(Config(kv_budget=2048), model), binary)
+    assert "--kv-budget" not in build_argv(home, ServerOptions.from_config(Config(), model), binary)
 
 
 def test_stats_file_is_read_padded_and_is_not_a_kv_file(tmp_path: Path):
