@@ -96,6 +96,7 @@ def plan(quick: bool) -> list[Config]:
         Config("paging", "smollm2", 8192, 7000, fractions=(0.5, 0.25)),
         Config("paging", "qwen7b-geom", 16384, 7000, fractions=(0.5, 0.25)),
         Config("paging", "smollm2", 8192, 7000, tuple(Q8), fractions=(0.5, 0.25), label="q8_0"),
+        Config("paging", "qwen7b-geom", 16384, 7000, tuple(Q8), fractions=(0.5, 0.25), label="q8_0"),
         # 28 layers on 2 cores: prefill ~2.5 tok/s and decode ~1.5 tok/s, so 512 filled
         # tokens is what fits "a few minutes" per server; 64K leaves out the cache variant.
         # Under the cap (each server alone) decode is ~0.4 tok/s: 3 x 16 tokens, so the
