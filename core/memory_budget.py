@@ -146,7 +146,8 @@ def budget_text(b: Budget | None) -> str:
     if b is None:
         return "unknown (no cgroup limit, no MemAvailable)"
     if b.limit is not None:
-        return (f"{human_bytes(b.bytes)} ({b.source} {human_bytes(b.limit)}, less an 8 MiB + 1/64 margin "
+        rest = "what the rest of it holds, " if b.source.startswith("parent") else ""
+        return (f"{human_bytes(b.bytes)} ({b.source} {human_bytes(b.limit)}, less {rest}an 8 MiB + 1/64 margin "
                 "and private memory)")
     return f"{human_bytes(b.bytes)} ({b.source})"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from diskllm.cli.main import main
-from diskllm.core.memory_budget import cgroup_memory_limits, estimate_streaming, read_budget, streaming_text
+from diskllm.core.memory_budget import budget_text, cgroup_memory_limits, estimate_streaming, read_budget, streaming_text
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.testing.fetch import fetch_smollm2
 
@@ -75,6 +75,7 @@ def test_a_parents_limit_less_what_the_rest_of_it_holds(tmp_path):
     assert (lim.limit, lim.rest, lim.parent) == (1024 * MIB, 300 * MIB, True)
     b = read_budget(None, 20 * MIB, proc_cgroup=proc, root=root, meminfo=_meminfo(tmp_path, 16384))
     assert b is not None and b.source == "parent cgroup memory.max" and b.limit == 1024 * MIB
+    assert "(parent cgroup memory.max 1.1 GB, less what the rest of it holds, an 8 MiB" in budget_text(b)
     assert b.bytes == 1024 * MIB - 300 * MIB - 20 * MIB - (8 * MIB + 16 * MIB)
     # a limit of its own that is tighter wins
     (root / "user.slice" / "app.scope" / "memory.max").write_text(f"{512 * MIB}\n")
@@ -122,7 +123,7 @@ def test_show_says_what_streams_at_a_fill(capsys, home):
     assert "fits the budget: nothing streams" in rows["paging at 8,192 tokens"]
     # this machine's own budget: whatever it is, it is named
     rc, rows, _ = _show(capsys, path, "--ctx", "2048")
-    assert rc == 0 and re.search(r"\((cgroup memory\.\S+ .*|MemAvailable)\)$", rows["memory budget"]), rows
+    assert rc == 0 and re.search(r"\(((parent )?cgroup memory\.\S+ .*|MemAvailable)\)$", rows["memory budget"]), rows
 
 
 @pytest.mark.parametrize("argv, says", [
