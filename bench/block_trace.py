@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -157,28 +158,32 @@ def main(argv: list[str] | None = None) -> int:
     a: argparse.Namespace = ap.parse_args(argv)
     tr = _tracefs()
     st = setup(a.model, a.ctx, a.threads, a.work_dir, "diskllm-blocktrace-")
-    binary = binaries(False, say_stderr, a.server)["patched"]
-    drop_file_cache(st.model)
-    # long enough for the trace to sit inside the second decode
-    n_predict = a.n_predict or 256
-    b = Bench("ssd", binary, st.model, a.ctx, a.fill, threads=st.threads, ctx_override=st.ctx_override,
-              n_predict=n_predict, work=st.work, say=say_stderr, cap=a.cap_mib << 20, extra=a.extra, label="trace")
-    b.start()
-    b.fill_prompt()
-    b.decode_once(0, 2)
-    if not b.ok:
-        b.finish()
-        raise SystemExit(f"error: {b.row['error']}")
-    devices = {(os.major(d), os.minor(d)) for d in (os.stat(st.model).st_dev, os.stat(b.kv_dir).st_dev)}
-    lines: list[str] = []
-    rec = threading.Thread(target=lambda: lines.extend(_record(tr, a.seconds, delay=1.0)))
-    rec.start()
-    b.decode_once(1, 2)
-    rec.join()
-    row = b.finish()
-    runs = ", ".join(f"{x:.2f}" for x in row.get("decode_runs", []))
-    say_stderr(f"decode {runs} tok/s (the second run traced), {row.get('read_bytes_per_token', 0) / 1e6:.0f} MB per token")
-    print(report(summarize(lines, devices, a.gap_ms / 1000), a.gap_ms))
+    try:
+        binary = binaries(False, say_stderr, a.server)["patched"]
+        drop_file_cache(st.model)
+        # long enough for the trace to sit inside the second decode
+        n_predict = a.n_predict or 256
+        b = Bench("ssd", binary, st.model, a.ctx, a.fill, threads=st.threads, ctx_override=st.ctx_override,
+                  n_predict=n_predict, work=st.work, say=say_stderr, cap=a.cap_mib << 20, extra=a.extra, label="trace")
+        b.start()
+        b.fill_prompt()
+        b.decode_once(0, 2)
+        if not b.ok:
+            b.finish()
+            raise SystemExit(f"error: {b.row['error']}")
+        devices = {(os.major(d), os.minor(d)) for d in (os.stat(st.model).st_dev, os.stat(b.kv_dir).st_dev)}
+        lines: list[str] = []
+        rec = threading.Thread(target=lambda: lines.extend(_record(tr, a.seconds, delay=1.0)))
+        rec.start()
+        b.decode_once(1, 2)
+        rec.join()
+        row = b.finish()
+        runs = ", ".join(f"{x:.2f}" for x in row.get("decode_runs", []))
+        say_stderr(f"decode {runs} tok/s (the second run traced), {row.get('read_bytes_per_token', 0) / 1e6:.0f} MB per token")
+        print(report(summarize(lines, devices, a.gap_ms / 1000), a.gap_ms))
+    finally:
+        if not a.work_dir:  # its log and KV directory, as the other benchmarks do
+            shutil.rmtree(st.work, ignore_errors=True)
     return 0
 
 
