@@ -638,8 +638,9 @@ class PagingStats:
 
     @property
     def more_ram_helps(self) -> int:
-        """RAM that would stop the streaming: the working set not held."""
-        return max(0, self.working_set - self.resident)
+        """The least more RAM that stops the streaming: W - B, as `diskllm show` estimates it
+        (the budget must cover W; the resident set is smaller by the room reads need)."""
+        return max(0, self.working_set - self.budget)
 
 
 def paging_stats(kv_dir: Path, pid: int) -> PagingStats | None:

@@ -53,7 +53,7 @@ def test_stats_file_is_read_padded_and_is_not_a_kv_file(tmp_path: Path):
     (tmp_path / "diskllm-kv-4242-paging.json").write_bytes(json.dumps(STATS).encode().ljust(1024, b" "))
     (tmp_path / "diskllm-kv-4242-32768-kv.bin").write_bytes(b"\0")
     p = paging_stats(tmp_path, 4242)
-    assert p is not None and p.active and p.budget == 600 << 20 and p.more_ram_helps == 420 << 20
+    assert p is not None and p.active and p.budget == 600 << 20 and p.more_ram_helps == 400 << 20
     assert p.read_per_token == 430 << 20
     assert [f.name for f in kv_files(tmp_path, 4242)] == ["diskllm-kv-4242-32768-kv.bin"]
     assert paging_stats(tmp_path, 1) is None
@@ -62,7 +62,7 @@ def test_stats_file_is_read_padded_and_is_not_a_kv_file(tmp_path: Path):
 def test_ps_says_why_a_reply_is_slow(tmp_path: Path):
     (tmp_path / "diskllm-kv-4242-paging.json").write_text(json.dumps(STATS))
     text = paging_text(paging_stats(tmp_path, 4242))
-    assert "budget 600.0 MiB (cgroup)" in text and "streams 420.0 MiB/token" in text and "+420.0 MiB RAM" in text
+    assert "budget 600.0 MiB (cgroup)" in text and "streams 420.0 MiB/token" in text and "+400.0 MiB RAM" in text
     assert "page faults" not in text
     (tmp_path / "diskllm-kv-4242-paging.json").write_text(json.dumps({**STATS, "read_path": "faults"}))
     assert "by plain page faults (timed faster here)" in paging_text(paging_stats(tmp_path, 4242))
