@@ -23,6 +23,7 @@ from diskllm.core.rpc.workers import list_workers
 from diskllm.core.server import PagingStats, ServerEntry, list_servers, memory_of, paging_stats, stop_server
 
 from diskllm.cli import sessions as cli_sessions
+from diskllm.cli.args import require_positive
 from diskllm.cli.models import pull_hook
 from diskllm.cli.output import duration, human_bytes, say, table
 from diskllm.cli.repl import PlainTurns, chat_loop
@@ -113,10 +114,7 @@ def resolve_model(home: Home, spec: str, pull_missing: bool = True) -> tuple[Pat
 
 
 def _request(args: argparse.Namespace, *, dry_run: bool = False) -> LaunchRequest:
-    for flag in ("ctx", "port", "kv_window", "threads", "kv_budget"):
-        v = getattr(args, flag)
-        if v is not None and v <= 0:
-            raise DiskLLMError(f"--{flag.replace('_', '-')} must be a positive integer")
+    require_positive(args, "ctx", "port", "kv_window", "threads", "kv_budget")
     if args.port is not None and args.port > 65535:
         raise DiskLLMError(f"--port {args.port} is out of range (1-65535)")
     if args.kv_prefetch is not None and args.kv_prefetch < 0:

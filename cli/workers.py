@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 
+from diskllm.cli.args import require_positive
 from diskllm.core.errors import DiskLLMError
 from diskllm.core.paths import Home
 from diskllm.core.rpc.endpoints import DEFAULT_WORKER_PORT, Endpoint
@@ -29,10 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _options(args: argparse.Namespace) -> WorkerOptions:
-    for flag in ("port", "threads", "mem"):
-        v = getattr(args, flag)
-        if v is not None and v <= 0:
-            raise DiskLLMError(f"--{flag} must be a positive integer")
+    require_positive(args, "port", "threads", "mem")
     if args.port is not None and args.port > 65535:
         raise DiskLLMError(f"--port {args.port} is out of range (1-65535)")
     if ":" in args.host:
