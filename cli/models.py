@@ -11,8 +11,8 @@ from diskllm.core.config import load_config
 from diskllm.core.models.gguf import read_gguf_info
 from diskllm.core.models.index import InstalledModel, ModelIndex
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.memory_budget import paging_rows, read_budget
-from diskllm.core.models.show import describe, estimate_memory
+from diskllm.core.memory_budget import paging_rows, start_budget
+from diskllm.core.models.show import describe
 from diskllm.core.rpc.endpoints import parse_endpoints
 from diskllm.core.rpc.split import plan_split
 from diskllm.core.models.resolve import PullHook, remove_model
@@ -21,6 +21,7 @@ from diskllm.core.text import printable
 from diskllm.core.pull import SOURCE_CHOICES, pull
 from diskllm.core.pull.events import CancelToken, PullCancelled
 from diskllm.core.models.registry import load_registry
+from diskllm.cli.args import require_positive
 from diskllm.cli.output import ProgressBar, ago, human_bytes, table
 
 
@@ -110,16 +111,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         if m.extra:
             rows.append(("extra files", ", ".join(sorted(m.extra.values()))))
     cfg = load_config(home)
-    for flag in ("ctx", "fill", "kv_budget"):
-        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
-            raise DiskLLMError(f"--{flag.replace('_', '-')} must be a positive integer")
+    require_positive(args, "ctx", "fill", "kv_budget")
     ctx = args.ctx or cfg.ctx
     if args.fill is not None and args.fill > ctx:
         raise DiskLLMError(f"--fill {args.fill} is more than the context ({ctx}): raise --ctx or lower --fill")
     rows += describe(info, ctx, weights, cfg.repack)
     # the ssd backend's paging: what the server's budget rule would keep resident here
-    private = estimate_memory(info, ctx, weights, cfg.repack).ssd_private
-    budget = read_budget(args.kv_budget or cfg.kv_budget, private)
+    budget = start_budget(info, ctx, cfg.repack, args.kv_budget or cfg.kv_budget, weights)
     rows += paging_rows(info, args.fill or ctx, budget, weights)
     workers = parse_endpoints(args.rpc) if args.rpc else parse_endpoints(cfg.rpc, "config rpc")
     if workers:

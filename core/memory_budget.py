@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diskllm.core.models.gguf import GGUFInfo
+from diskllm.core.models.show import estimate_memory
 from diskllm.core.units import human_bytes
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -116,6 +117,13 @@ def read_budget(kv_budget_mib: int | None = None, private: int = 0, *,
         if best is None or avail < best.bytes:
             best = Budget(max(avail, 0), "MemAvailable")
     return best
+
+
+def start_budget(info: GGUFInfo, ctx: int, repack: str, kv_budget_mib: int | None,
+                 weights: int | None = None) -> Budget | None:
+    """The budget a server of this model started now would read (`diskllm show`, the start
+    form): private memory is what the ssd backend keeps by design, a repacked copy."""
+    return read_budget(kv_budget_mib, estimate_memory(info, ctx, weights, repack).ssd_private)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
 from diskllm.core.errors import DiskLLMError
-from diskllm.core.memory_budget import Budget, budget_text, estimate_streaming, read_budget, streaming_text
+from diskllm.core.memory_budget import Budget, budget_text, estimate_streaming, start_budget, streaming_text
 from diskllm.core.models.gguf import GGUFInfo
 from diskllm.core.models.show import estimate_memory, weights_text
 from diskllm.core.rpc.endpoints import parse_endpoints
@@ -106,8 +106,7 @@ class StartServerScreen(Dialog):
 
     def on_mount(self) -> None:
         if self.info is not None:  # the server's budget rule, read once (a few /proc and cgroup files)
-            private = estimate_memory(self.info, self.ctx, repack=self.repack).ssd_private
-            self.budget = read_budget(self.kv_budget, private)
+            self.budget = start_budget(self.info, self.ctx, self.repack, self.kv_budget)
         self._estimate()
 
     def _ctx(self) -> int | None:
